@@ -1,0 +1,48 @@
+"""Shared fixtures. Real data comes from $VQRF_DATA (CI sets it to ../shared/data).
+
+A test that needs real data fails loudly in CI (CI=true) when the data is missing, and skips with a reason on a
+user's clone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def _data_root() -> Path | None:
+    root = os.environ.get("VQRF_DATA")
+    return Path(root) if root else None
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = _data_root()
+    problem = None
+    if root is None:
+        problem = "VQRF_DATA is not set (point it at the shared data folder with nerf_synthetic/lego, nerf_llff_data/fern, lpips/)"
+    elif not root.is_dir():
+        problem = f"VQRF_DATA={root} is not a directory"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"real data missing in CI: {problem}")
+        pytest.skip(problem)
+    return root
+
+
+@pytest.fixture(scope="session")
+def lego_dir(data_root: Path) -> Path:
+    path = data_root / "nerf_synthetic" / "lego"
+    if not path.is_dir():
+        pytest.fail(f"{path} missing from VQRF_DATA")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fern_dir(data_root: Path) -> Path:
+    path = data_root / "nerf_llff_data" / "fern"
+    if not path.is_dir():
+        pytest.fail(f"{path} missing from VQRF_DATA")
+    return path

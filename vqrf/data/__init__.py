@@ -1,0 +1,1 @@
+"""Dataset readers. Every reader returns a :class:`~vqrf.data.scene.Scene`."""
