@@ -1,0 +1,131 @@
+"""The numba VM kernel against the F.grid_sample reference: values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vqrf.fields import vm_kernel
+from vqrf.fields.vm_kernel import vm_features, vm_features_torch
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+# Grid size along x, y, z; plane i is [size[b_i], size[a_i], C_i], line i is [size[c_i], C_i].
+SIZES = (23, 17, 19)
+
+
+def make_params(comps: tuple[int, int, int], sizes: tuple[int, int, int] = SIZES, seed: int = 0):
+    """Random channels-last planes and lines that require grad."""
+    gen = torch.Generator().manual_seed(seed)
+    planes, lines = [], []
+    for (a, b), c, n in zip(vm_kernel.MAT_MODE, vm_kernel.VEC_MODE, comps):
+        planes.append(torch.randn(sizes[b], sizes[a], n, generator=gen).requires_grad_())
+        lines.append(torch.randn(sizes[c], n, generator=gen).requires_grad_())
+    return planes, lines
+
+
+def make_points(n: int, seed: int = 1) -> torch.Tensor:
+    """Points mostly inside [-1, 1]^3, some exactly on the borders and some outside (zero padding)."""
+    gen = torch.Generator().manual_seed(seed)
+    xyz = torch.rand(n, 3, generator=gen) * 2 - 1
+    if n >= 40:
+        xyz[:10] = torch.randint(0, 2, (10, 3), generator=gen).float() * 2 - 1  # corners of the box
+        xyz[10:20, 0] = 1.0  # one coord on a border
+        xyz[20:30, 1] = -1.0
+        xyz[30:40] = torch.rand(10, 3, generator=gen) * 3 - 1.5  # partly or wholly outside
+        xyz[40:45] = torch.tensor([1.01, -1.001, 5.0, -7.0, 1.0 + 1e-6])[:, None]
+    return xyz
+
+
+def check(comps: tuple[int, int, int], n: int, reduce: bool, sizes: tuple[int, int, int] = SIZES) -> None:
+    planes, lines = make_params(comps, sizes)
+    params = planes + lines
+    xyz = make_points(n)
+    got = vm_features(planes, lines, xyz, reduce)
+    want = vm_features_torch(planes, lines, xyz, reduce)
+    assert got.shape == want.shape == ((n,) if reduce else (n, sum(comps)))
+    torch.testing.assert_close(got, want, **TOL)
+    grad_out = torch.randn(want.shape, generator=torch.Generator().manual_seed(2))
+    got_grads = torch.autograd.grad(got, params, grad_out)
+    want_grads = torch.autograd.grad(want, params, grad_out)
+    for g, w, p in zip(got_grads, want_grads, params):
+        assert g.shape == p.shape
+        torch.testing.assert_close(g, w, **TOL)
+
+
+@pytest.mark.parametrize("reduce", [True, False])
+@pytest.mark.parametrize("comps", [(16, 4, 4), (48, 48, 48)])
+def test_matches_reference(comps, reduce):
+    check(comps, 3000, reduce)
+
+
+@pytest.mark.parametrize("reduce", [True, False])
+def test_non_square_planes_and_short_lines(reduce):
+    check((5, 3, 7), 2000, reduce, sizes=(40, 9, 2))
+
+
+@pytest.mark.parametrize("reduce", [True, False])
+@pytest.mark.parametrize("n", [0, 1])
+def test_tiny_batches(n, reduce):
+    check((16, 4, 4), n, reduce)
+
+
+def test_outside_box_and_non_finite_give_zero():
+    planes, lines = make_params((4, 4, 4))
+    # x is a plane coord of pairs 0 and 1 and the line coord of pair 2: x far outside zeroes every pair.
+    xyz = torch.tensor([[1.5, 0.2, 0.3], [-3.0, 0.0, 0.0], [1e9, 0.1, 0.1], [float("inf"), 0.0, 0.0],
+                        [float("nan"), 0.0, 0.0], [2.0, 2.0, 2.0]])
+    torch.testing.assert_close(vm_features(planes, lines, xyz, False), torch.zeros(6, 12), rtol=0, atol=0)
+    torch.testing.assert_close(vm_features(planes, lines, xyz, True), torch.zeros(6), rtol=0, atol=0)
+
+
+def test_only_some_params_need_grad():
+    planes, lines = make_params((8, 4, 4))
+    frozen = [p.detach() for p in planes]
+    xyz = make_points(500)
+    out = vm_features(frozen, lines, xyz, False)
+    grads = torch.autograd.grad(out.sum(), lines)
+    want = torch.autograd.grad(vm_features_torch(frozen, lines, xyz, False).sum(), lines)
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+def test_no_grad_eval_and_many_points():
+    planes, lines = make_params((16, 16, 16))
+    xyz = make_points(20000)
+    with torch.no_grad():
+        got = vm_features(planes, lines, xyz, True)
+        assert not got.requires_grad
+        torch.testing.assert_close(got, vm_features_torch(planes, lines, xyz, True), **TOL)
+
+
+def test_multithreaded_backward_matches_single_thread():
+    planes, lines = make_params((16, 4, 4))
+    xyz = make_points(20000)
+    threads = torch.get_num_threads()
+    try:
+        grads = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            grads.append(torch.autograd.grad(vm_features(planes, lines, xyz, False).sum(), planes + lines))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_env_forces_reference(monkeypatch):
+    planes, lines = make_params((4, 4, 4))
+    xyz = make_points(100)
+    monkeypatch.setenv("VQRF_KERNEL", "torch")
+    out = vm_features(planes, lines, xyz, False)
+    assert "VMFeatures" not in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, vm_features_torch(planes, lines, xyz, False), rtol=0, atol=0)
+    monkeypatch.delenv("VQRF_KERNEL")
+    assert "VMFeatures" in type(vm_features(planes, lines, xyz, False).grad_fn).__name__
+
+
+def test_rejects_float64():
+    planes, lines = make_params((4, 4, 4))
+    with pytest.raises(TypeError):
+        vm_features([p.double() for p in planes], [l.double() for l in lines], make_points(10).double(), True)

@@ -1,0 +1,141 @@
+"""Model files and training checkpoints: safetensors (no pickle, nothing executes on load) with a JSON header.
+
+A model file holds the field's tensors, its occupancy grid and everything needed to render it (config, near/far, NDC,
+background). A training checkpoint adds the optimiser moments, the RNG state and the loop's progress.
+Every write goes to a temporary file first and is renamed into place, so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from vqrf.config import Preset
+from vqrf.errors import VqrfError
+from vqrf.fields.tensorf import TensorVM
+from vqrf.render.occupancy import OccupancyGrid
+from vqrf.render.volume import RenderSettings
+
+__all__ = ["FORMAT", "SceneInfo", "LoadedModel", "save_model", "load_model", "atomic_write"]
+
+FORMAT = "vqrf-field"
+VERSION = 1
+
+
+@dataclass
+class SceneInfo:
+    """What a renderer needs to know about the scene a field was trained on."""
+
+    near: float
+    far: float
+    ndc: bool
+    white_bg: bool
+    ndc_focal: float = 0.0
+    height: int = 0
+    width: int = 0
+
+
+@dataclass
+class LoadedModel:
+    field: TensorVM
+    occupancy: OccupancyGrid
+    preset: Preset
+    scene: SceneInfo
+    extra: dict[str, Any] = dc_field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = dc_field(default_factory=dict)
+    """Tensors beyond the field's and the occupancy's (optimiser state in checkpoints)."""
+
+    def render_settings(self) -> RenderSettings:
+        t = self.preset.train
+        return RenderSettings.for_field(self.field, self.scene.near, self.scene.far, self.scene.ndc,
+                                        self.scene.white_bg, t.step_ratio, t.weight_thres)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` and rename the result onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(
+    path: Path,
+    field: TensorVM,
+    occupancy: OccupancyGrid,
+    preset: Preset,
+    scene: SceneInfo,
+    extra: dict[str, Any] | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write a model (or, with ``extra``/``tensors``, a checkpoint) atomically."""
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "grid": field.grid_size,
+        "preset": preset.to_dict(),
+        "scene": scene.__dict__,
+        "extra": extra or {},
+    }
+    payload = {f"field.{k}": v.detach().cpu().contiguous() for k, v in field.state_dict().items()}
+    payload["occupancy.cells"] = occupancy.cells.contiguous()
+    payload["occupancy.aabb"] = occupancy.aabb.contiguous()
+    for k, v in (tensors or {}).items():
+        payload[f"extra.{k}"] = v.detach().cpu().contiguous()
+    atomic_write(Path(path), lambda tmp: save_file(payload, str(tmp), metadata={"vqrf": json.dumps(header)}))
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file, read without touching the tensors."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise VqrfError(path, "not a vqrf model file (too short)")
+        n = int.from_bytes(raw, "little")
+        if n <= 0 or n > 100_000_000 or n > path.stat().st_size - 8:
+            raise VqrfError(path, "not a vqrf model file (bad header length: not safetensors, or truncated)")
+        try:
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+            return json.loads(meta["vqrf"])
+        except (ValueError, KeyError, AttributeError):
+            raise VqrfError(path, "not a vqrf model file (no vqrf header)") from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Read a model or checkpoint written by :func:`save_model`."""
+    path = Path(path)
+    if not path.is_file():
+        raise VqrfError(path, "no such model file")
+    header = _read_header(path)
+    if header.get("format") != FORMAT:
+        raise VqrfError(path, f"not a vqrf field (format {header.get('format')!r})")
+    if header.get("version", 0) > VERSION:
+        raise VqrfError(path, f"written by a newer vqrf (format version {header['version']}); upgrade vqrf")
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise VqrfError(path, f"corrupt or truncated model file ({str(e).splitlines()[0]})") from None
+    try:
+        preset = Preset.from_dict(header["preset"])
+        scene = SceneInfo(**header["scene"])
+        field = TensorVM(torch.zeros(2, 3), header["grid"], preset.field).to(device)
+        state = {k[len("field."):]: v for k, v in tensors.items() if k.startswith("field.")}
+        field.load_state_dict(state)
+        occupancy = OccupancyGrid(tensors["occupancy.cells"].cpu(), tensors["occupancy.aabb"].cpu().float())
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise VqrfError(path, f"inconsistent model file ({str(e).splitlines()[0]})") from None
+    extra_tensors = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return LoadedModel(field, occupancy, preset, scene, header.get("extra", {}), extra_tensors)

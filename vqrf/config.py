@@ -1,0 +1,188 @@
+"""Typed configs and per-dataset presets.
+
+Presets carry the reference hyperparameters (method-spec §1.2) for ``syn``, ``nsvf``, ``tt`` and ``llff``, and ``cpu``:
+a scaled schedule for a 2-core CPU on NeRF-Synthetic at 200×200. Schedule points (upsampling, alpha-mask updates)
+are given for the preset's own iteration count and scale with ``--iters``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field as dc_field
+from typing import Any
+
+from vqrf.errors import VqrfError
+
+
+@dataclass
+class FieldConfig:
+    """TensoRF-VM architecture."""
+
+    density_comps: tuple[int, int, int] = (16, 16, 16)
+    """Components per plane/line pair of the density tensor."""
+    app_comps: tuple[int, int, int] = (48, 48, 48)
+    """Components per plane/line pair of the appearance tensor."""
+    app_dim: int = 27
+    """Width of the appearance feature after the basis matrix."""
+    view_pe: int = 2
+    """Positional-encoding frequencies of the view direction."""
+    fea_pe: int = 2
+    """Positional-encoding frequencies of the appearance feature."""
+    mlp_width: int = 128
+    """Hidden width of the shading MLP."""
+    density_shift: float = -10.0
+    """Added to the density feature before softplus, so a fresh grid starts nearly empty."""
+    density_act: str = "softplus"
+    """'softplus' (bounded scenes) or 'relu' (LLFF)."""
+    distance_scale: float = 25.0
+    """Multiplies sample spacing in the alpha computation."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule and regularisers."""
+
+    iters: int = 30000
+    batch_rays: int = 4096
+    n_voxel_init: int = 128**3
+    n_voxel_final: int = 300**3
+    upsample_at: tuple[int, ...] = (2000, 3000, 4000, 5500, 7000)
+    """Iterations after which the grid is upsampled (log-linear in voxel count up to n_voxel_final)."""
+    alpha_mask_at: tuple[int, ...] = (2000, 4000)
+    """Iterations after which the occupancy mask is rebuilt; the first also shrinks the box, the second filters rays."""
+    lr_grid: float = 0.02
+    lr_net: float = 1e-3
+    lr_decay_ratio: float = 0.1
+    """The learning rates fall by this factor over ``iters`` (and restart at every upsampling)."""
+    l1_init: float = 8e-5
+    l1_rest: float = 4e-5
+    tv_density: float = 0.0
+    tv_app: float = 0.0
+    step_ratio: float = 0.5
+    """Sample spacing in voxels."""
+    alpha_mask_thres: float = 1e-4
+    weight_thres: float = 1e-4
+    """Colour is evaluated only at samples whose rendering weight exceeds this."""
+    checkpoint_every: int = 1000
+    seed: int = 0
+
+    def scaled_to(self, iters: int) -> "TrainConfig":
+        """The same schedule stretched to ``iters`` iterations."""
+        if iters <= 0:
+            raise VqrfError(None, f"--iters must be positive, got {iters}")
+        ratio = iters / self.iters
+
+        def scale(points: tuple[int, ...]) -> tuple[int, ...]:
+            return tuple(max(1, round(p * ratio)) for p in points)
+
+        return dataclasses.replace(
+            self,
+            iters=iters,
+            upsample_at=scale(self.upsample_at),
+            alpha_mask_at=scale(self.alpha_mask_at),
+            checkpoint_every=max(1, min(self.checkpoint_every, iters)),
+        )
+
+
+@dataclass
+class Preset:
+    """Everything a training run needs besides the data path."""
+
+    name: str
+    dataset: str
+    """Expected dataset kind (blender, nsvf, tt, llff); used for defaults and a warning, not enforced."""
+    downscale: float = 1.0
+    field: FieldConfig = dc_field(default_factory=FieldConfig)
+    train: TrainConfig = dc_field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Preset":
+        def tuples(cls, values: dict[str, Any]):
+            hints = {f.name: f.type for f in dataclasses.fields(cls)}
+            return cls(**{k: tuple(v) if isinstance(v, list) and "tuple" in str(hints[k]) else v for k, v in values.items()})
+
+        return Preset(
+            name=d["name"],
+            dataset=d["dataset"],
+            downscale=d["downscale"],
+            field=tuples(FieldConfig, d["field"]),
+            train=tuples(TrainConfig, d["train"]),
+        )
+
+
+def _syn() -> Preset:
+    return Preset("syn", "blender")
+
+
+def _nsvf() -> Preset:
+    return Preset("nsvf", "nsvf")
+
+
+def _tt() -> Preset:
+    return Preset("tt", "tt", train=TrainConfig(l1_init=0.0, l1_rest=0.0, tv_density=0.1, tv_app=0.01))
+
+
+def _llff() -> Preset:
+    return Preset(
+        "llff",
+        "llff",
+        downscale=4.0,
+        field=FieldConfig(density_comps=(16, 4, 4), app_comps=(48, 12, 12), view_pe=0, fea_pe=0, density_act="relu"),
+        train=TrainConfig(
+            iters=25000,
+            n_voxel_final=640**3,
+            upsample_at=(2000, 3000, 4000, 5500),
+            alpha_mask_at=(2500,),
+            l1_init=0.0,
+            l1_rest=0.0,
+            tv_density=1.0,
+            tv_app=1.0,
+        ),
+    )
+
+
+def _cpu() -> Preset:
+    # NeRF-Synthetic at 200x200 on 2 cores: a coarse start, early occupancy masks so empty space is skipped from the
+    # first few hundred iterations on, and a final grid matched to the image resolution.
+    return Preset(
+        "cpu",
+        "blender",
+        downscale=4.0,
+        train=TrainConfig(
+            iters=3000,
+            n_voxel_init=32**3,
+            n_voxel_final=160**3,
+            upsample_at=(300, 600, 900, 1350, 1800),
+            alpha_mask_at=(200, 600, 1400),
+            checkpoint_every=500,
+        ),
+    )
+
+
+def demo_preset() -> Preset:
+    """The built-in analytic scene of ``vqrf demo``: 64x64 views, a couple of minutes on 2 cores."""
+    return Preset(
+        "demo",
+        "demo",
+        train=TrainConfig(
+            iters=1500,
+            batch_rays=2048,
+            n_voxel_init=32**3,
+            n_voxel_final=96**3,
+            upsample_at=(150, 300, 450, 700),
+            alpha_mask_at=(100, 350, 800),
+            checkpoint_every=500,
+        ),
+    )
+
+
+PRESETS = {"syn": _syn, "nsvf": _nsvf, "tt": _tt, "llff": _llff, "cpu": _cpu}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise VqrfError(None, f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
+    return PRESETS[name]()

@@ -1,0 +1,164 @@
+"""instant-ngp / nerfstudio reader: one ``transforms.json`` listing every frame (OpenGL camera-to-world poses)."""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vqrf.data import (
+    ImageLoader,
+    c2w_matrix,
+    check_downscale,
+    check_split,
+    find_image,
+    image_header,
+    json_get,
+    make_cameras,
+    read_json,
+    scaled_size,
+)
+from vqrf.data.scene import Scene
+from vqrf.errors import VqrfError
+
+__all__ = ["load_ngp"]
+
+DEFAULT_AABB = ((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5))
+DEFAULT_NEAR, DEFAULT_FAR = 2.0, 6.0
+HOLD_EVERY = 8  # without split lists, frames 0, 8, 16, ... are the test (and val) views
+_NUMBER = (int, float)
+
+
+def load_ngp(root: str | Path, split: str = "train", downscale: float = 1.0) -> Scene:
+    """Read split ``split`` of a scene described by ``root/transforms.json``.
+
+    Intrinsics come from each frame or, failing that, the top level: ``fl_x``/``fl_y`` (or ``camera_angle_x``/
+    ``camera_angle_y``; fl_y defaults to fl_x), ``cx``/``cy`` (default: the image centre) and ``w``/``h`` (default:
+    the first image's size). All frames of a split must share one image size. ``file_path`` is relative to the json,
+    with or without its suffix.
+
+    Split: nerfstudio's ``{split}_filenames`` lists when the json has them; otherwise every 8th frame (0, 8, 16, ...)
+    is held out as ``test`` (and ``val``) and the rest is ``train``. Box: the json's ``aabb`` ([min xyz, max xyz])
+    or [-1.5, 1.5]^3. Near/far: the json's ``near``/``far`` or 2/6. The background is white when the images have
+    an alpha channel.
+    """
+    root = Path(root)
+    check_split(split, root)
+    downscale = check_downscale(downscale, root)
+    meta_path = root / "transforms.json"
+    meta = read_json(meta_path)
+    frames = json_get(meta, "frames", list, meta_path)
+    chosen = _split_frames(meta, frames, split, meta_path)
+
+    paths, poses = [], []
+    for k, frame in chosen:
+        where = f"frame {k}"
+        paths.append(find_image(root, json_get(frame, "file_path", str, meta_path, where), meta_path))
+        poses.append(c2w_matrix(json_get(frame, "transform_matrix", list, meta_path, where), meta_path, where))
+    first_size, has_alpha = image_header(paths[0])
+    intrinsics = [_intrinsics(meta, frame, first_size, meta_path, f"frame {k}") for k, frame in chosen]
+
+    sizes = sorted({(w, h) for w, h, *_ in intrinsics})
+    if len(sizes) > 1:
+        (w0, h0), (w1, h1) = sizes[:2]
+        raise VqrfError(meta_path, f"frames of split '{split}' have different image sizes ({w0}x{h0} and {w1}x{h1})")
+    native_size = sizes[0]
+    size = scaled_size(native_size, downscale, root)
+    sx, sy = size[0] / native_size[0], size[1] / native_size[1]
+    fx, fy, cx, cy = np.array([k[2:] for k in intrinsics]).T
+    near, far = _number(meta, "near", DEFAULT_NEAR, meta_path), _number(meta, "far", DEFAULT_FAR, meta_path)
+    if near >= far:
+        raise VqrfError(meta_path, f"'near' ({near:g}) must be smaller than 'far' ({far:g})")
+    return Scene(
+        name=root.name,
+        root=root,
+        split=split,
+        cameras=make_cameras(np.stack(poses), fx * sx, fy * sy, cx * sx, cy * sy, size),
+        aabb=_aabb(meta, meta_path),
+        near=near,
+        far=far,
+        white_bg=has_alpha,
+        load_image=ImageLoader(tuple(paths), native_size, size, white_bg=has_alpha),
+        image_names=[p.stem for p in paths],
+        downscale=downscale,
+    )
+
+
+def _split_frames(meta: dict, frames: list, split: str, meta_path: Path) -> list[tuple[int, Any]]:
+    """(index in the json, frame) of the frames of ``split``."""
+    if any(f"{name}_filenames" in meta for name in ("train", "val", "test")):
+        listed = {_normalized(str(name)) for name in json_get(meta, f"{split}_filenames", list, meta_path)}
+        file_paths = [json_get(frame, "file_path", str, meta_path, f"frame {k}") for k, frame in enumerate(frames)]
+        chosen = [(k, frames[k]) for k, file_path in enumerate(file_paths) if _normalized(file_path) in listed]
+    else:
+        held_out = split != "train"
+        chosen = [(k, f) for k, f in enumerate(frames) if (k % HOLD_EVERY == 0) == held_out]
+    if not chosen:
+        raise VqrfError(meta_path, f"no frames for split '{split}'")
+    return chosen
+
+
+def _normalized(file_path: str) -> str:
+    """A relative file path compared without './' and without its suffix (file_path may omit it)."""
+    return posixpath.splitext(posixpath.normpath(file_path))[0]
+
+
+def _intrinsics(
+    meta: dict, frame: dict, default_size: tuple[int, int], meta_path: Path, where: str
+) -> tuple[int, int, float, float, float, float]:
+    """(w, h, fx, fy, cx, cy) of one frame; frame keys win over top-level ones, then (w, h) = ``default_size``."""
+
+    def get(key: str) -> Any:
+        return frame.get(key, meta.get(key))
+
+    def number(key: str) -> float:
+        source = frame if key in frame else meta
+        value = float(json_get(source, key, _NUMBER, meta_path, where))
+        if not (math.isfinite(value) and value > 0):
+            raise VqrfError(meta_path, f"{where}: '{key}' must be a positive number, got {value}")
+        return value
+
+    if get("w") is not None and get("h") is not None:
+        w, h = int(number("w")), int(number("h"))
+    else:
+        w, h = default_size
+    if get("fl_x") is not None:
+        fx = number("fl_x")
+    elif get("camera_angle_x") is not None:
+        fx = 0.5 * w / math.tan(0.5 * number("camera_angle_x"))
+    else:
+        raise VqrfError(meta_path, f"{where}: no focal length ('fl_x' or 'camera_angle_x')")
+    if get("fl_y") is not None:
+        fy = number("fl_y")
+    elif get("camera_angle_y") is not None:
+        fy = 0.5 * h / math.tan(0.5 * number("camera_angle_y"))
+    else:
+        fy = fx
+    if not (fx > 0 and fy > 0):  # a field of view of pi or more gives no focal length
+        raise VqrfError(meta_path, f"{where}: the field of view must be below pi radians")
+    cx = number("cx") if get("cx") is not None else w / 2
+    cy = number("cy") if get("cy") is not None else h / 2
+    return w, h, fx, fy, cx, cy
+
+
+def _aabb(meta: dict, meta_path: Path) -> torch.Tensor:
+    if "aabb" not in meta:
+        return torch.tensor(DEFAULT_AABB, dtype=torch.float32)
+    try:
+        box = np.asarray(meta["aabb"], dtype=np.float64)
+    except (TypeError, ValueError):
+        box = np.zeros(0)
+    if box.shape != (2, 3) or not np.isfinite(box).all() or (box[0] >= box[1]).any():
+        raise VqrfError(meta_path, "'aabb' must be [[min x, y, z], [max x, y, z]] with min < max")
+    return torch.from_numpy(box.astype(np.float32))
+
+
+def _number(meta: dict, key: str, default: float, meta_path: Path) -> float:
+    value = float(json_get(meta, key, _NUMBER, meta_path)) if key in meta else default
+    if not (math.isfinite(value) and value >= 0):
+        raise VqrfError(meta_path, f"'{key}' must be a non-negative number, got {value}")
+    return value

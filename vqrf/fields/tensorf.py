@@ -1,0 +1,174 @@
+"""TensoRF-VM: a radiance field as three plane/line tensor pairs plus a small shading MLP.
+
+Parameters and point queries only; sampling and compositing live in :mod:`vqrf.render`, optimisation in
+:mod:`vqrf.train`. Planes are stored channels-last, ``[H, W, C]``, which is what the fused CPU kernel reads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqrf.config import FieldConfig
+from vqrf.fields.vm_kernel import MAT_MODE, VEC_MODE, vm_features
+
+__all__ = ["TensorVM", "grid_schedule", "voxels_to_grid"]
+
+
+def voxels_to_grid(n_voxels: int, aabb: torch.Tensor) -> list[int]:
+    """Grid size [X, Y, Z] with about ``n_voxels`` cubic voxels filling ``aabb`` ([2, 3])."""
+    extent = aabb[1] - aabb[0]
+    voxel = (extent.prod() / n_voxels) ** (1.0 / 3.0)
+    return [int(v) for v in (extent / voxel).long().tolist()]
+
+
+def _positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
+    """[N, D] -> [N, 2 * n_freqs * D]: sin(x 2^k) for all k, then cos(x 2^k)."""
+    freqs = 2.0 ** torch.arange(n_freqs, dtype=x.dtype, device=x.device)
+    scaled = (x[..., None] * freqs).flatten(-2)
+    return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=-1)
+
+
+def _tensor_pairs(grid: Sequence[int], comps: Sequence[int], scale: float) -> tuple[nn.ParameterList, nn.ParameterList]:
+    planes, lines = [], []
+    for (a, b), c, n in zip(MAT_MODE, VEC_MODE, comps):
+        planes.append(nn.Parameter(scale * torch.randn(grid[b], grid[a], n)))
+        lines.append(nn.Parameter(scale * torch.randn(grid[c], n)))
+    return nn.ParameterList(planes), nn.ParameterList(lines)
+
+
+class TensorVM(nn.Module):
+    """The TensoRF-VM field of method-spec §1.1.
+
+    Args:
+        aabb: [2, 3] box the grid spans (world units, or NDC for forward-facing scenes).
+        grid: [X, Y, Z] grid size.
+        cfg: architecture.
+    """
+
+    def __init__(self, aabb: torch.Tensor, grid: Sequence[int], cfg: FieldConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("aabb", aabb.detach().clone().float())
+        self.density_planes, self.density_lines = _tensor_pairs(grid, cfg.density_comps, 0.1)
+        self.app_planes, self.app_lines = _tensor_pairs(grid, cfg.app_comps, 0.1)
+        self.basis = nn.Linear(sum(cfg.app_comps), cfg.app_dim, bias=False)
+        in_dim = 3 + cfg.app_dim + 2 * cfg.fea_pe * cfg.app_dim + 2 * cfg.view_pe * 3
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, cfg.mlp_width),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.mlp_width, cfg.mlp_width),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.mlp_width, 3),
+        )
+        nn.init.constant_(self.mlp[-1].bias, 0.0)
+
+    # ---- geometry of the grid -------------------------------------------------------------------------------------
+    @property
+    def grid_size(self) -> list[int]:
+        """[X, Y, Z]."""
+        sizes = [0, 0, 0]
+        for line, c in zip(self.density_lines, VEC_MODE):
+            sizes[c] = line.shape[0]
+        return sizes
+
+    def voxel_size(self) -> torch.Tensor:
+        """[3] spacing between grid points."""
+        return (self.aabb[1] - self.aabb[0]) / (torch.tensor(self.grid_size, dtype=torch.float32, device=self.aabb.device) - 1)
+
+    def step_size(self, step_ratio: float) -> float:
+        """Ray-marching step: ``step_ratio`` times the mean voxel size."""
+        return float(self.voxel_size().mean()) * step_ratio
+
+    def normalize(self, xyz: torch.Tensor) -> torch.Tensor:
+        """[N, 3] world points -> [N, 3] in [-1, 1] over the box."""
+        return (xyz - self.aabb[0]) * (2.0 / (self.aabb[1] - self.aabb[0])) - 1.0
+
+    # ---- queries --------------------------------------------------------------------------------------------------
+    def density(self, xyz: torch.Tensor) -> torch.Tensor:
+        """Volume density sigma >= 0 at world points [N, 3] -> [N]."""
+        feature = vm_features(list(self.density_planes), list(self.density_lines), self.normalize(xyz), reduce=True)
+        if self.cfg.density_act == "relu":
+            return F.relu(feature)
+        return F.softplus(feature + self.cfg.density_shift)
+
+    def color(self, xyz: torch.Tensor, viewdirs: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1] at world points [N, 3] seen along unit directions [N, 3] -> [N, 3]."""
+        products = vm_features(list(self.app_planes), list(self.app_lines), self.normalize(xyz), reduce=False)
+        feature = self.basis(products)
+        parts = [feature, viewdirs]
+        if self.cfg.fea_pe:
+            parts.append(_positional_encoding(feature, self.cfg.fea_pe))
+        if self.cfg.view_pe:
+            parts.append(_positional_encoding(viewdirs, self.cfg.view_pe))
+        return torch.sigmoid(self.mlp(torch.cat(parts, dim=-1)))
+
+    # ---- parameter groups and regularisers ------------------------------------------------------------------------
+    def grid_parameters(self) -> list[nn.Parameter]:
+        return [*self.density_planes, *self.density_lines, *self.app_planes, *self.app_lines]
+
+    def network_parameters(self) -> list[nn.Parameter]:
+        return [*self.basis.parameters(), *self.mlp.parameters()]
+
+    def density_l1(self) -> torch.Tensor:
+        """Sum over pairs of mean |plane| + mean |line| of the density tensor."""
+        return sum(p.abs().mean() + l.abs().mean() for p, l in zip(self.density_planes, self.density_lines))
+
+    @staticmethod
+    def _plane_tv(plane: torch.Tensor) -> torch.Tensor:
+        """2 * (mean squared difference along H + along W) of one [H, W, C] plane (TensoRF's TVLoss)."""
+        dh = (plane[1:] - plane[:-1]).pow(2).mean() if plane.shape[0] > 1 else plane.new_zeros(())
+        dw = (plane[:, 1:] - plane[:, :-1]).pow(2).mean() if plane.shape[1] > 1 else plane.new_zeros(())
+        return 2.0 * (dh + dw)
+
+    def density_tv(self) -> torch.Tensor:
+        return sum(self._plane_tv(p) for p in self.density_planes) * 1e-2
+
+    def app_tv(self) -> torch.Tensor:
+        return sum(self._plane_tv(p) for p in self.app_planes) * 1e-2
+
+    # ---- resolution changes ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def upsample(self, grid: Sequence[int]) -> None:
+        """Resample every plane and line to grid [X, Y, Z] (bilinear, align_corners=True)."""
+        for planes, lines in ((self.density_planes, self.density_lines), (self.app_planes, self.app_lines)):
+            for i, ((a, b), c) in enumerate(zip(MAT_MODE, VEC_MODE)):
+                plane = planes[i].permute(2, 0, 1)[None]
+                plane = F.interpolate(plane, size=(grid[b], grid[a]), mode="bilinear", align_corners=True)
+                planes[i] = nn.Parameter(plane[0].permute(1, 2, 0).contiguous())
+                line = lines[i].t()[None, :, :, None]
+                line = F.interpolate(line, size=(grid[c], 1), mode="bilinear", align_corners=True)
+                lines[i] = nn.Parameter(line[0, :, :, 0].t().contiguous())
+
+    @torch.no_grad()
+    def shrink(self, new_aabb: torch.Tensor) -> None:
+        """Crop the grid to the grid points covering ``new_aabb`` ([2, 3]); the box snaps to those grid points."""
+        grid = torch.tensor(self.grid_size, device=self.aabb.device)
+        units = self.voxel_size()
+        lo = ((new_aabb[0] - self.aabb[0]) / units).floor().long().clamp(min=0)
+        hi = torch.minimum(((new_aabb[1] - self.aabb[0]) / units).round().long() + 1, grid)
+        for planes, lines in ((self.density_planes, self.density_lines), (self.app_planes, self.app_lines)):
+            for i, ((a, b), c) in enumerate(zip(MAT_MODE, VEC_MODE)):
+                planes[i] = nn.Parameter(planes[i][lo[b] : hi[b], lo[a] : hi[a]].contiguous())
+                lines[i] = nn.Parameter(lines[i][lo[c] : hi[c]].contiguous())
+        old = self.aabb.clone()
+        self.aabb[0] = old[0] + lo.float() * units
+        self.aabb[1] = old[0] + (hi - 1).float() * units
+
+    def extra_repr(self) -> str:
+        return f"grid={self.grid_size}, aabb={[round(v, 3) for v in self.aabb.flatten().tolist()]}"
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def grid_schedule(n_init: int, n_final: int, n_steps: int) -> list[int]:
+    """Voxel counts after each of ``n_steps`` upsamplings, log-linear from n_init to n_final."""
+    if n_steps == 0:
+        return []
+    logs = torch.linspace(math.log(n_init), math.log(n_final), n_steps + 1)
+    return [int(round(math.exp(v))) for v in logs[1:].tolist()]

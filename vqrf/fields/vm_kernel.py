@@ -1,0 +1,298 @@
+"""Fused TensoRF-VM feature lookup: bilinear plane x linear line, per component, for 3 plane/line pairs.
+
+On CPU tensors a numba kernel does the work (forward and backward, both cores); elsewhere (CUDA), or with the
+environment variable ``VQRF_KERNEL=torch``, the pure-PyTorch reference built on ``F.grid_sample`` runs instead.
+The backward of ``grid_sample`` dominates a PyTorch TensoRF step on a CPU; the numba path replaces it.
+
+Conventions (TensoRF ``TensorVMSplit``, ``align_corners=True``, zero padding):
+
+- ``xyz`` is normalised to [-1, 1]: -1 is texel index 0 and +1 is index ``size - 1`` along each axis.
+- Plane ``i`` spans coords ``MAT_MODE[i] = (a, b)``: ``a`` runs along its width W, ``b`` along its height H.
+  It is stored channels-last, ``[H, W, C_i]``.
+- Line ``i`` runs along coord ``VEC_MODE[i] = c``, stored ``[L, C_i]``.
+- Interpolation corners outside the grid contribute zero, as ``grid_sample(padding_mode="zeros")``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import njit, prange, uint64
+from torch import Tensor
+
+MAT_MODE = ((0, 1), (0, 2), (1, 2))
+VEC_MODE = (2, 1, 0)
+
+# fastmath without "nnan"/"ninf": the clamp in _axis must still see NaN/inf coordinates (they then contribute
+# zero instead of producing a wild index); reassociation and contraction, which vectorise the channel loops, stay.
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+_MIN_POINTS_PER_CHUNK = 1024
+
+
+
+@njit(inline="always", fastmath=_FASTMATH)
+def _axis(u: float, size: int) -> tuple[int, int, float, float]:
+    """Linear-interpolation corners of normalised coord ``u`` on an axis of ``size`` texels.
+
+    Returns indices (i0, i1), clamped into range, and float32 weights (w0, w1), 0 for corners outside the axis.
+    Float32 arithmetic in the same order as ``grid_sample`` so the two agree to rounding.
+    """
+    f = (np.float32(u) + np.float32(1.0)) * np.float32(0.5) * np.float32(size - 1)
+    # Written so that NaN fails the test and is clamped too: NaN/inf points contribute nothing.
+    if not (f > np.float32(-1.0)):
+        f = np.float32(-1.0)
+    if not (f < np.float32(size)):
+        f = np.float32(size)
+    f0 = np.floor(f)
+    i0 = int(f0)
+    w1 = f - f0
+    w0 = np.float32(1.0) - w1
+    i1 = i0 + 1
+    if i0 < 0:
+        w0 = np.float32(0.0)
+        i0 = 0
+    if i1 > size - 1:
+        w1 = np.float32(0.0)
+        i1 = size - 1
+        if i0 > size - 1:
+            w0 = np.float32(0.0)
+            i0 = size - 1
+    return i0, i1, w0, w1
+
+
+@njit(inline="always", fastmath=_FASTMATH)
+def _corners(xyz: np.ndarray, n: int, i: int, dims: np.ndarray) -> tuple:
+    """Flat offsets and weights of the 4 plane corners and 2 line corners of point n in pair i.
+
+    Offsets are uint64: numba then skips negative-index wraparound, which keeps the channel loops contiguous
+    (vectorised) instead of gathers/scatters.
+    """
+    x0, x1, wx0, wx1 = _axis(xyz[n, MAT_MODE[i][0]], dims[i, 1])
+    y0, y1, wy0, wy1 = _axis(xyz[n, MAT_MODE[i][1]], dims[i, 0])
+    l0, l1, wl0, wl1 = _axis(xyz[n, VEC_MODE[i]], dims[i, 3])
+    c = uint64(dims[i, 2])
+    w = uint64(dims[i, 1])
+    r0 = uint64(y0) * w
+    r1 = uint64(y1) * w
+    return ((r0 + uint64(x0)) * c, (r0 + uint64(x1)) * c, (r1 + uint64(x0)) * c, (r1 + uint64(x1)) * c,
+            uint64(l0) * c, uint64(l1) * c, wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1, wl0, wl1)
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+def _forward_kernel(planes, lines, dims, xyz, out, reduce):  # pragma: no cover - compiled
+    """Forward over points, split evenly across threads.
+
+    planes: 3x flat [H*W*C]; lines: 3x flat [L*C]; dims: [3, 4] int64 rows (H, W, C, L); xyz: [N, 3];
+    out: flat [N] if reduce else flat [N * sum C].
+    """
+    width = uint64(dims[0, 2] + dims[1, 2] + dims[2, 2])
+    for n in prange(xyz.shape[0]):
+        acc = np.float32(0.0)
+        off = uint64(n) * width
+        for i in range(3):
+            pf = planes[i]
+            lf = lines[i]
+            b00, b01, b10, b11, bl0, bl1, w00, w01, w10, w11, wl0, wl1 = _corners(xyz, n, i, dims)
+            c = uint64(dims[i, 2])
+            if reduce:
+                for ch in range(c):
+                    p = w00 * pf[b00 + ch] + w01 * pf[b01 + ch] + w10 * pf[b10 + ch] + w11 * pf[b11 + ch]
+                    acc += p * (wl0 * lf[bl0 + ch] + wl1 * lf[bl1 + ch])
+            else:
+                for ch in range(c):
+                    p = w00 * pf[b00 + ch] + w01 * pf[b01 + ch] + w10 * pf[b10 + ch] + w11 * pf[b11 + ch]
+                    out[off + ch] = p * (wl0 * lf[bl0 + ch] + wl1 * lf[bl1 + ch])
+                off += c
+        if reduce:
+            out[n] = acc
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+def _backward_kernel(planes, lines, dims, xyz, grad_out, reduce, need_plane, need_line,
+                     grad_planes, grad_lines, scratch_planes, scratch_lines):  # pragma: no cover - compiled
+    """Scatter-add backward. Point chunk t accumulates into its own buffers (chunk 0 into the outputs): no races.
+
+    planes, lines, dims, xyz, reduce: as the forward. grad_out: flat [N] if reduce else flat [N * sum C].
+    need_plane, need_line: [3] bool. grad_planes, grad_lines: 3x flat zeroed outputs (empty where not needed).
+    scratch_planes, scratch_lines: 3x [T - 1, size] zeroed per-chunk buffers; T chunks in all.
+    """
+    n_pts = xyz.shape[0]
+    n_chunks = scratch_lines[0].shape[0] + 1
+    width = uint64(dims[0, 2] + dims[1, 2] + dims[2, 2])
+    c_max = max(dims[0, 2], dims[1, 2], dims[2, 2])
+    for t in prange(n_chunks):
+        if t == 0:
+            gps = grad_planes
+            gls = grad_lines
+        else:
+            gps = (scratch_planes[0][t - 1], scratch_planes[1][t - 1], scratch_planes[2][t - 1])
+            gls = (scratch_lines[0][t - 1], scratch_lines[1][t - 1], scratch_lines[2][t - 1])
+        # Per-channel factors first, then one simple read-modify-write loop per corner: these vectorise.
+        tmp = np.empty(c_max, np.float32)
+        for n in range(n_pts * t // n_chunks, n_pts * (t + 1) // n_chunks):
+            off = uint64(n) * width
+            g = grad_out[n] if reduce else np.float32(0.0)
+            for i in range(3):
+                b00, b01, b10, b11, bl0, bl1, w00, w01, w10, w11, wl0, wl1 = _corners(xyz, n, i, dims)
+                c = uint64(dims[i, 2])
+                if need_plane[i]:
+                    lf = lines[i]
+                    gp = gps[i]
+                    for ch in range(c):
+                        gc = g if reduce else grad_out[off + ch]
+                        tmp[ch] = gc * (wl0 * lf[bl0 + ch] + wl1 * lf[bl1 + ch])
+                    for ch in range(c):
+                        gp[b00 + ch] += w00 * tmp[ch]
+                    for ch in range(c):
+                        gp[b01 + ch] += w01 * tmp[ch]
+                    for ch in range(c):
+                        gp[b10 + ch] += w10 * tmp[ch]
+                    for ch in range(c):
+                        gp[b11 + ch] += w11 * tmp[ch]
+                if need_line[i]:
+                    pf = planes[i]
+                    gl = gls[i]
+                    for ch in range(c):
+                        gc = g if reduce else grad_out[off + ch]
+                        tmp[ch] = gc * (w00 * pf[b00 + ch] + w01 * pf[b01 + ch] + w10 * pf[b10 + ch]
+                                        + w11 * pf[b11 + ch])
+                    for ch in range(c):
+                        gl[bl0 + ch] += wl0 * tmp[ch]
+                    for ch in range(c):
+                        gl[bl1 + ch] += wl1 * tmp[ch]
+                off += c
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+def _reduce_kernel(dst, scratch):  # pragma: no cover - compiled
+    """dst[k] += sum_t scratch[t, k]. dst: [K]; scratch: [T, K]."""
+    for k in prange(dst.shape[0]):
+        acc = dst[k]
+        for t in range(scratch.shape[0]):
+            acc += scratch[t, k]
+        dst[k] = acc
+
+
+def _flat(t: Tensor) -> np.ndarray:
+    """Zero-copy flat float32 numpy view of a tensor (copies only if it is not contiguous)."""
+    return t.detach().contiguous().numpy().reshape(-1)
+
+
+def _dims(planes: Sequence[Tensor], lines: Sequence[Tensor]) -> np.ndarray:
+    """[3, 4] int64 rows (H, W, C, L); checks the shapes agree."""
+    dims = np.empty((3, 4), np.int64)
+    for i in range(3):
+        h, w, c = planes[i].shape
+        length, c_line = lines[i].shape
+        if c_line != c:
+            raise ValueError(f"plane {i} has {c} components but line {i} has {c_line}")
+        dims[i] = h, w, c, length
+    return dims
+
+
+def _set_threads() -> int:
+    """Use as many numba threads as torch does (torch.set_num_threads is the one knob); returns the count."""
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n
+
+
+def _forward(planes: Sequence[Tensor], lines: Sequence[Tensor], xyz: Tensor, reduce: bool) -> Tensor:
+    """Numba forward: [N] if reduce else [N, sum C]."""
+    dims = _dims(planes, lines)
+    n = xyz.shape[0]
+    out = torch.empty((n,) if reduce else (n, int(dims[:, 2].sum())), dtype=torch.float32)
+    _set_threads()
+    _forward_kernel(tuple(_flat(p) for p in planes), tuple(_flat(l) for l in lines), dims, xyz.detach().numpy(),
+                    out.numpy().reshape(-1), reduce)
+    return out
+
+
+class _VMFeatures(torch.autograd.Function):
+    """Autograd wrapper of the numba kernels. Inputs: xyz, reduce, then the 3 planes and the 3 lines."""
+
+    @staticmethod
+    def forward(ctx, xyz: Tensor, reduce: bool, *params: Tensor) -> Tensor:
+        ctx.reduce = reduce
+        ctx.save_for_backward(xyz, *params)
+        return _forward(params[:3], params[3:], xyz, reduce)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        xyz, *params = ctx.saved_tensors
+        planes, lines = params[:3], params[3:]
+        need = ctx.needs_input_grad[2:]
+        grads = [torch.zeros_like(p, memory_format=torch.contiguous_format) if need[k] else None
+                 for k, p in enumerate(params)]
+        flat = tuple(np.zeros(0, np.float32) if g is None else g.numpy().reshape(-1) for g in grads)
+        n_chunks = _set_threads() if xyz.shape[0] >= _MIN_POINTS_PER_CHUNK * 2 else 1
+        scratch = tuple(np.zeros((n_chunks - 1, a.size), np.float32) for a in flat)
+        _backward_kernel(tuple(_flat(p) for p in planes), tuple(_flat(l) for l in lines), _dims(planes, lines),
+                         xyz.numpy(), _flat(grad_out.float()), ctx.reduce, np.array(need[:3]), np.array(need[3:]),
+                         flat[:3], flat[3:], scratch[:3], scratch[3:])
+        if n_chunks > 1:
+            for dst, buf in zip(flat, scratch):
+                if dst.size:
+                    _reduce_kernel(dst, buf)
+        return (None, None, *grads)
+
+
+def vm_features_torch(planes: Sequence[Tensor], lines: Sequence[Tensor], xyz: Tensor, reduce: bool) -> Tensor:
+    """Pure-PyTorch reference of :func:`vm_features` (``F.grid_sample``, ``align_corners=True``, zero padding).
+
+    Args:
+        planes: 3 tensors [H_i, W_i, C_i], channels-last.
+        lines: 3 tensors [L_i, C_i].
+        xyz: [N, 3] points normalised to [-1, 1].
+        reduce: sum all components (density) instead of concatenating them (appearance).
+
+    Returns:
+        [N] if ``reduce`` else [N, sum_i C_i].
+    """
+    n = xyz.shape[0]
+    feats = []
+    for i, ((a, b), c) in enumerate(zip(MAT_MODE, VEC_MODE)):
+        plane = planes[i].permute(2, 0, 1).unsqueeze(0)  # [1, C, H, W]
+        line = lines[i].t().unsqueeze(0).unsqueeze(-1)  # [1, C, L, 1]
+        grid_p = xyz[:, [a, b]].view(1, n, 1, 2)
+        grid_l = torch.stack([torch.zeros_like(xyz[:, c]), xyz[:, c]], dim=-1).view(1, n, 1, 2)
+        p = F.grid_sample(plane, grid_p, mode="bilinear", padding_mode="zeros", align_corners=True)
+        l = F.grid_sample(line, grid_l, mode="bilinear", padding_mode="zeros", align_corners=True)
+        feats.append((p * l).view(planes[i].shape[2], n))  # [C_i, N]
+    if reduce:
+        return feats[0].sum(0) + feats[1].sum(0) + feats[2].sum(0)
+    return torch.cat(feats, dim=0).t()
+
+
+def vm_features(planes: Sequence[Tensor], lines: Sequence[Tensor], xyz: Tensor, reduce: bool) -> Tensor:
+    """TensoRF-VM features of points: per component, bilinear plane value times linear line value.
+
+    CPU tensors go through the fused numba kernel (threads: ``torch.get_num_threads()``); other devices, or the
+    environment variable ``VQRF_KERNEL=torch``, use the :func:`vm_features_torch` reference. Differentiable in
+    ``planes`` and ``lines``.
+
+    Args:
+        planes: 3 float32 tensors [H_i, W_i, C_i], channels-last; plane i spans coords ``MAT_MODE[i]``.
+        lines: 3 float32 tensors [L_i, C_i]; line i runs along coord ``VEC_MODE[i]``.
+        xyz: [N, 3] float32 points normalised to [-1, 1] (align_corners=True); receives no gradient.
+        reduce: True for density (sum of all components), False for appearance (components concatenated).
+
+    Returns:
+        [N] if ``reduce`` else [N, sum_i C_i], pair 0 first.
+    """
+    if xyz.device.type != "cpu" or os.environ.get("VQRF_KERNEL") == "torch":
+        return vm_features_torch(planes, lines, xyz, reduce)
+    params = (*planes, *lines)
+    for t in (xyz, *params):
+        if t.dtype != torch.float32:
+            raise TypeError(f"vm_features needs float32 tensors, got {t.dtype}")
+    xyz = xyz.detach().contiguous()
+    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        return _VMFeatures.apply(xyz, reduce, *params)
+    return _forward(planes, lines, xyz, reduce)

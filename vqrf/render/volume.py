@@ -1,0 +1,107 @@
+"""Volume rendering of a field along rays: one code path for training, evaluation, videos and the viewer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vqrf.fields.tensorf import TensorVM
+from vqrf.render.march import march, ray_box
+from vqrf.render.occupancy import OccupancyGrid
+
+__all__ = ["RenderSettings", "render_rays", "render_image"]
+
+
+@dataclass
+class RenderSettings:
+    """How rays are sampled and composited for one field."""
+
+    step: float
+    """Sample spacing along unit-direction rays (world units)."""
+    max_samples: int
+    """Samples per ray before skipping; for NDC rays the [near, far] range is cut into this many steps."""
+    near: float
+    far: float
+    ndc: bool = False
+    white_bg: bool = True
+    weight_thres: float = 1e-4
+
+    @staticmethod
+    def for_field(field: TensorVM, near: float, far: float, ndc: bool, white_bg: bool, step_ratio: float = 0.5,
+                  weight_thres: float = 1e-4) -> "RenderSettings":
+        step = field.step_size(step_ratio)
+        diagonal = float((field.aabb[1] - field.aabb[0]).norm())
+        return RenderSettings(step, int(diagonal / step) + 1, near, far, ndc, white_bg, weight_thres)
+
+
+def render_rays(
+    field: TensorVM,
+    occupancy: OccupancyGrid,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    settings: RenderSettings,
+    jitter: bool = False,
+    white_bg: bool | None = None,
+) -> dict[str, torch.Tensor]:
+    """Render rays [R, 3] through ``field``.
+
+    Density is evaluated only at samples in occupied cells; colour only where the sample's weight exceeds
+    ``settings.weight_thres``.
+
+    Args:
+        jitter: one random offset per ray (training).
+        white_bg: composite onto white; defaults to ``settings.white_bg``.
+
+    Returns:
+        ``rgb`` [R, 3] in [0, 1], ``depth`` [R], ``acc`` [R] (opacity), ``n_samples`` (scalar, density queries).
+    """
+    n_rays = origins.shape[0]
+    device = origins.device
+    norms = directions.norm(dim=-1)
+    viewdirs = directions / norms[:, None]
+    t_start, t_end = ray_box(origins, directions, field.aabb, settings.near, settings.far)
+    step = (settings.far - settings.near) / settings.max_samples if settings.ndc else settings.step
+    offsets = torch.rand(n_rays, device=device) if jitter else torch.zeros(n_rays, device=device)
+    xyz, t, ray_ids, counts = march(origins, directions, t_start, t_end, step, offsets, occupancy, settings.max_samples)
+
+    rgb = torch.zeros(n_rays, 3, device=device)
+    depth = torch.zeros(n_rays, device=device)
+    acc = torch.zeros(n_rays, device=device)
+    if xyz.shape[0] > 0:
+        # Optical depth of each sample, laid out densely [R, S] so transmittance is a per-row cumulative sum.
+        first = torch.cumsum(counts, 0) - counts
+        column = torch.arange(xyz.shape[0], device=device) - first[ray_ids]
+        sigma = field.density(xyz)
+        tau = sigma * (step * field.cfg.distance_scale) * norms[ray_ids]
+        dense = torch.zeros(n_rays, int(counts.max()), device=device).index_put((ray_ids, column), tau)
+        transmittance = torch.exp(-(torch.cumsum(dense, dim=1) - dense))[ray_ids, column]
+        weights = (1.0 - torch.exp(-tau)) * transmittance  # [M]
+
+        shade = weights > settings.weight_thres
+        if shade.any():
+            colors = field.color(xyz[shade], viewdirs[ray_ids[shade]])
+            rgb = rgb.index_add(0, ray_ids[shade], weights[shade, None] * colors)
+        acc = acc.index_add(0, ray_ids, weights)
+        depth = depth.index_add(0, ray_ids, weights * t)
+
+    if settings.white_bg if white_bg is None else white_bg:
+        rgb = rgb + (1.0 - acc)[:, None]
+    return {"rgb": rgb.clamp(0.0, 1.0), "depth": depth, "acc": acc, "n_samples": torch.tensor(xyz.shape[0])}
+
+
+@torch.no_grad()
+def render_image(
+    field: TensorVM,
+    occupancy: OccupancyGrid,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    settings: RenderSettings,
+    chunk: int = 16384,
+) -> dict[str, torch.Tensor]:
+    """Render many rays in bounded-memory chunks (no gradients): ``rgb`` [R, 3], ``depth`` [R], ``acc`` [R]."""
+    parts = [
+        render_rays(field, occupancy, o, d, settings)
+        for o, d in zip(origins.split(chunk), directions.split(chunk))
+    ]
+    return {k: torch.cat([p[k] for p in parts]) for k in ("rgb", "depth", "acc")}
