@@ -114,6 +114,23 @@ def test_multithreaded_backward_matches_single_thread():
         torch.testing.assert_close(a, b, **TOL)
 
 
+def test_backward_with_points_bunched_in_few_rows():
+    # The backward splits plane rows between threads by the points' row quantiles; bunched points stress that.
+    planes, lines = make_params((16, 4, 4))
+    xyz = make_points(6000)
+    xyz[:5000, 1] = 0.3  # plane 0 rows: all on one row pair
+    xyz[:5000, 2] = -1.0  # planes 1 and 2 rows: all on row 0
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        got = torch.autograd.grad(vm_features(planes, lines, xyz, False).sum(), planes + lines)
+    finally:
+        torch.set_num_threads(threads)
+    want = torch.autograd.grad(vm_features_torch(planes, lines, xyz, False).sum(), planes + lines)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL)
+
+
 def test_env_forces_reference(monkeypatch):
     planes, lines = make_params((4, 4, 4))
     xyz = make_points(100)
@@ -129,3 +146,13 @@ def test_rejects_float64():
     planes, lines = make_params((4, 4, 4))
     with pytest.raises(TypeError):
         vm_features([p.double() for p in planes], [l.double() for l in lines], make_points(10).double(), True)
+
+
+def test_rejects_bad_shapes():
+    planes, lines = make_params((4, 4, 4))
+    with pytest.raises(ValueError):
+        vm_features(planes, lines, torch.zeros(10, 2), True)
+    with pytest.raises(ValueError):
+        vm_features(planes, [lines[0], lines[1], torch.zeros(19, 5)], make_points(10), True)
+    with pytest.raises(ValueError):
+        vm_features(planes[:2], lines, make_points(10), True)

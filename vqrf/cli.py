@@ -57,6 +57,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset.train = preset.train.scaled_to(args.iters)
     if args.checkpoint_every is not None:
         preset.train.checkpoint_every = args.checkpoint_every
+    if args.grid_init is not None:
+        preset.train.n_voxel_init = args.grid_init**3
+    if args.grid_final is not None:
+        preset.train.n_voxel_final = args.grid_final**3
+    if args.batch_rays is not None:
+        preset.train.batch_rays = args.batch_rays
     downscale = preset.downscale if args.downscale is None else args.downscale
     out = Path(args.out)
     model_path = out / "model.safetensors"
@@ -162,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", required=True, choices=sorted(PRESETS), help="hyperparameters per dataset")
     p.add_argument("--iters", type=int, default=None, help="iterations (the preset's schedule scales with it)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints")
+    p.add_argument("--grid-init", type=int, default=None, help="initial grid: about N^3 voxels")
+    p.add_argument("--grid-final", type=int, default=None, help="final grid after upsampling: about N^3 voxels")
+    p.add_argument("--batch-rays", type=int, default=None, help="rays per iteration")
     p.add_argument("--out", required=True, help="output folder; the model is OUT/model.safetensors")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors if present")
     common(p)

@@ -36,6 +36,8 @@ class FieldConfig:
     """'softplus' (bounded scenes) or 'relu' (LLFF)."""
     distance_scale: float = 25.0
     """Multiplies sample spacing in the alpha computation."""
+    bf16_mlp: bool = False
+    """Run the basis matrix and shading MLP in bfloat16 on CPUs with native bf16 (about 3x faster matmuls there)."""
 
 
 @dataclass
@@ -151,12 +153,14 @@ def _cpu() -> Preset:
         "cpu",
         "blender",
         downscale=4.0,
+        field=FieldConfig(bf16_mlp=True),
         train=TrainConfig(
             iters=3000,
             n_voxel_init=32**3,
             n_voxel_final=160**3,
             upsample_at=(300, 600, 900, 1350, 1800),
-            alpha_mask_at=(200, 600, 1400),
+            alpha_mask_at=(100, 600, 1400),
+            weight_thres=1e-3,
             checkpoint_every=500,
         ),
     )

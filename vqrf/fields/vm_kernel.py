@@ -32,9 +32,6 @@ VEC_MODE = (2, 1, 0)
 # zero instead of producing a wild index); reassociation and contraction, which vectorise the channel loops, stay.
 _FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
-_MIN_POINTS_PER_CHUNK = 1024
-
-
 
 @njit(inline="always", fastmath=_FASTMATH)
 def _axis(u: float, size: int) -> tuple[int, int, float, float]:
@@ -67,14 +64,13 @@ def _axis(u: float, size: int) -> tuple[int, int, float, float]:
 
 
 @njit(inline="always", fastmath=_FASTMATH)
-def _corners(xyz: np.ndarray, n: int, i: int, dims: np.ndarray) -> tuple:
-    """Flat offsets and weights of the 4 plane corners and 2 line corners of point n in pair i.
+def _corners(xyz: np.ndarray, n: int, i: int, dims: np.ndarray, y0: int, y1: int, wy0: float, wy1: float) -> tuple:
+    """Flat offsets and weights of the 4 plane corners and 2 line corners of point n in pair i, given its rows.
 
     Offsets are uint64: numba then skips negative-index wraparound, which keeps the channel loops contiguous
     (vectorised) instead of gathers/scatters.
     """
     x0, x1, wx0, wx1 = _axis(xyz[n, MAT_MODE[i][0]], dims[i, 1])
-    y0, y1, wy0, wy1 = _axis(xyz[n, MAT_MODE[i][1]], dims[i, 0])
     l0, l1, wl0, wl1 = _axis(xyz[n, VEC_MODE[i]], dims[i, 3])
     c = uint64(dims[i, 2])
     w = uint64(dims[i, 1])
@@ -98,7 +94,8 @@ def _forward_kernel(planes, lines, dims, xyz, out, reduce):  # pragma: no cover 
         for i in range(3):
             pf = planes[i]
             lf = lines[i]
-            b00, b01, b10, b11, bl0, bl1, w00, w01, w10, w11, wl0, wl1 = _corners(xyz, n, i, dims)
+            y0, y1, wy0, wy1 = _axis(xyz[n, MAT_MODE[i][1]], dims[i, 0])
+            b00, b01, b10, b11, bl0, bl1, w00, w01, w10, w11, wl0, wl1 = _corners(xyz, n, i, dims, y0, y1, wy0, wy1)
             c = uint64(dims[i, 2])
             if reduce:
                 for ch in range(c):
@@ -114,69 +111,101 @@ def _forward_kernel(planes, lines, dims, xyz, out, reduce):  # pragma: no cover 
 
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def _backward_kernel(planes, lines, dims, xyz, grad_out, reduce, need_plane, need_line,
-                     grad_planes, grad_lines, scratch_planes, scratch_lines):  # pragma: no cover - compiled
-    """Scatter-add backward. Point chunk t accumulates into its own buffers (chunk 0 into the outputs): no races.
+def _backward_kernel(planes, lines, dims, xyz, grad_out, reduce, seg, bands, out, line_scratch):  # pragma: no cover
+    """Scatter-add backward into one flat buffer ``out`` holding all 6 gradients; race-free without locks.
+
+    Thread t owns rows ``bands[i, t] <= y < bands[i, t + 1]`` of plane i: it scans every point and adds only the
+    plane corners in its rows, so no two threads write the same texel and no per-thread copy of a plane is needed.
+    Line gradients (small) go to a per-thread copy, thread 0's being ``out`` itself, summed at the end; a point's
+    line terms are added by the owner of its first row.
 
     planes, lines, dims, xyz, reduce: as the forward. grad_out: flat [N] if reduce else flat [N * sum C].
-    need_plane, need_line: [3] bool. grad_planes, grad_lines: 3x flat zeroed outputs (empty where not needed).
-    scratch_planes, scratch_lines: 3x [T - 1, size] zeroed per-chunk buffers; T chunks in all.
+    seg: [6] int64 offsets in ``out`` of the gradients of planes 0-2, then lines 0-2; -1 where not needed.
+    bands: [3, T + 1] int64 row boundaries, 0 first and H_i last. out: [S] float32, uninitialised.
+    line_scratch: [T - 1, S - s0] float32, uninitialised: copies of ``out[s0:]``, where the line gradients lie
+    (s0 = S - line_scratch.shape[1]).
     """
     n_pts = xyz.shape[0]
-    n_chunks = scratch_lines[0].shape[0] + 1
+    n_threads = bands.shape[1] - 1
     width = uint64(dims[0, 2] + dims[1, 2] + dims[2, 2])
     c_max = max(dims[0, 2], dims[1, 2], dims[2, 2])
-    for t in prange(n_chunks):
-        if t == 0:
-            gps = grad_planes
-            gls = grad_lines
-        else:
-            gps = (scratch_planes[0][t - 1], scratch_planes[1][t - 1], scratch_planes[2][t - 1])
-            gls = (scratch_lines[0][t - 1], scratch_lines[1][t - 1], scratch_lines[2][t - 1])
+    s0 = out.shape[0] - line_scratch.shape[1]
+    for t in prange(n_threads):
+        ldst = out if t == 0 else line_scratch[t - 1]
+        lseg = seg[3:] - (0 if t == 0 else s0)
+        # Zero what this thread owns, on this thread: the first touch of fresh pages is parallel too.
+        for i in range(3):
+            if seg[i] >= 0:
+                row = dims[i, 1] * dims[i, 2]
+                out[seg[i] + bands[i, t] * row:seg[i] + bands[i, t + 1] * row] = 0.0
+            if seg[3 + i] >= 0:
+                ldst[lseg[i]:lseg[i] + dims[i, 3] * dims[i, 2]] = 0.0
         # Per-channel factors first, then one simple read-modify-write loop per corner: these vectorise.
         tmp = np.empty(c_max, np.float32)
-        for n in range(n_pts * t // n_chunks, n_pts * (t + 1) // n_chunks):
+        for n in range(n_pts):
             off = uint64(n) * width
             g = grad_out[n] if reduce else np.float32(0.0)
             for i in range(3):
-                b00, b01, b10, b11, bl0, bl1, w00, w01, w10, w11, wl0, wl1 = _corners(xyz, n, i, dims)
                 c = uint64(dims[i, 2])
-                if need_plane[i]:
-                    lf = lines[i]
-                    gp = gps[i]
-                    for ch in range(c):
-                        gc = g if reduce else grad_out[off + ch]
-                        tmp[ch] = gc * (wl0 * lf[bl0 + ch] + wl1 * lf[bl1 + ch])
-                    for ch in range(c):
-                        gp[b00 + ch] += w00 * tmp[ch]
-                    for ch in range(c):
-                        gp[b01 + ch] += w01 * tmp[ch]
-                    for ch in range(c):
-                        gp[b10 + ch] += w10 * tmp[ch]
-                    for ch in range(c):
-                        gp[b11 + ch] += w11 * tmp[ch]
-                if need_line[i]:
-                    pf = planes[i]
-                    gl = gls[i]
-                    for ch in range(c):
-                        gc = g if reduce else grad_out[off + ch]
-                        tmp[ch] = gc * (w00 * pf[b00 + ch] + w01 * pf[b01 + ch] + w10 * pf[b10 + ch]
-                                        + w11 * pf[b11 + ch])
-                    for ch in range(c):
-                        gl[bl0 + ch] += wl0 * tmp[ch]
-                    for ch in range(c):
-                        gl[bl1 + ch] += wl1 * tmp[ch]
+                y0, y1, wy0, wy1 = _axis(xyz[n, MAT_MODE[i][1]], dims[i, 0])
+                own0 = bands[i, t] <= y0 < bands[i, t + 1]
+                own1 = bands[i, t] <= y1 < bands[i, t + 1]
+                if own0 or own1:
+                    b00, b01, b10, b11, bl0, bl1, w00, w01, w10, w11, wl0, wl1 = _corners(
+                        xyz, n, i, dims, y0, y1, wy0, wy1)
+                    if seg[i] >= 0:
+                        lf = lines[i]
+                        for ch in range(c):
+                            gc = g if reduce else grad_out[off + ch]
+                            tmp[ch] = gc * (wl0 * lf[bl0 + ch] + wl1 * lf[bl1 + ch])
+                        base = uint64(seg[i])
+                        if own0:
+                            for ch in range(c):
+                                out[base + b00 + ch] += w00 * tmp[ch]
+                            for ch in range(c):
+                                out[base + b01 + ch] += w01 * tmp[ch]
+                        if own1:
+                            for ch in range(c):
+                                out[base + b10 + ch] += w10 * tmp[ch]
+                            for ch in range(c):
+                                out[base + b11 + ch] += w11 * tmp[ch]
+                    if own0 and seg[3 + i] >= 0:
+                        pf = planes[i]
+                        for ch in range(c):
+                            gc = g if reduce else grad_out[off + ch]
+                            tmp[ch] = gc * (w00 * pf[b00 + ch] + w01 * pf[b01 + ch] + w10 * pf[b10 + ch]
+                                            + w11 * pf[b11 + ch])
+                        base = uint64(lseg[i])
+                        for ch in range(c):
+                            ldst[base + bl0 + ch] += wl0 * tmp[ch]
+                        for ch in range(c):
+                            ldst[base + bl1 + ch] += wl1 * tmp[ch]
                 off += c
+    for i in range(3):
+        if seg[3 + i] >= 0:
+            for k in range(seg[3 + i], seg[3 + i] + dims[i, 3] * dims[i, 2]):
+                for t in range(n_threads - 1):
+                    out[k] += line_scratch[t, k - s0]
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def _reduce_kernel(dst, scratch):  # pragma: no cover - compiled
-    """dst[k] += sum_t scratch[t, k]. dst: [K]; scratch: [T, K]."""
-    for k in prange(dst.shape[0]):
-        acc = dst[k]
-        for t in range(scratch.shape[0]):
-            acc += scratch[t, k]
-        dst[k] = acc
+def _bands(xyz: Tensor, dims: np.ndarray, threads: int) -> np.ndarray:
+    """[3, threads + 1] row boundaries per plane giving each thread about the same number of points.
+
+    Quantiles of the points' rows on a subsample of about 8192 points; empty input splits the rows evenly.
+    """
+    bands = np.empty((3, threads + 1), np.int64)
+    frac = np.arange(threads + 1) / threads
+    sample = xyz[:: max(1, xyz.shape[0] // 8192)].numpy()
+    for i, (_, b) in enumerate(MAT_MODE):
+        h = dims[i, 0]
+        if len(sample):
+            rows = np.clip(np.floor((sample[:, b] + 1) * 0.5 * (h - 1)), 0, h - 1)
+            bands[i] = np.round(np.quantile(rows, frac))
+        else:
+            bands[i] = np.round(frac * h)
+        bands[i, 0] = 0
+        bands[i, -1] = h
+    return bands
 
 
 def _flat(t: Tensor) -> np.ndarray:
@@ -197,10 +226,14 @@ def _dims(planes: Sequence[Tensor], lines: Sequence[Tensor]) -> np.ndarray:
 
 
 def _set_threads() -> int:
-    """Use as many numba threads as torch does (torch.set_num_threads is the one knob); returns the count."""
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(n)
-    return n
+    """Run numba on as many threads as torch (``torch.set_num_threads`` is the one knob); returns the count."""
+    n = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    # numba's OpenMP layer shares torch's libgomp; its start-up (first call here) resets the OpenMP thread count,
+    # which is where torch reads its own: put torch's back.
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return numba.get_num_threads()
 
 
 def _forward(planes: Sequence[Tensor], lines: Sequence[Tensor], xyz: Tensor, reduce: bool) -> Tensor:
@@ -228,18 +261,23 @@ class _VMFeatures(torch.autograd.Function):
         xyz, *params = ctx.saved_tensors
         planes, lines = params[:3], params[3:]
         need = ctx.needs_input_grad[2:]
-        grads = [torch.zeros_like(p, memory_format=torch.contiguous_format) if need[k] else None
-                 for k, p in enumerate(params)]
-        flat = tuple(np.zeros(0, np.float32) if g is None else g.numpy().reshape(-1) for g in grads)
-        n_chunks = _set_threads() if xyz.shape[0] >= _MIN_POINTS_PER_CHUNK * 2 else 1
-        scratch = tuple(np.zeros((n_chunks - 1, a.size), np.float32) for a in flat)
-        _backward_kernel(tuple(_flat(p) for p in planes), tuple(_flat(l) for l in lines), _dims(planes, lines),
-                         xyz.numpy(), _flat(grad_out.float()), ctx.reduce, np.array(need[:3]), np.array(need[3:]),
-                         flat[:3], flat[3:], scratch[:3], scratch[3:])
-        if n_chunks > 1:
-            for dst, buf in zip(flat, scratch):
-                if dst.size:
-                    _reduce_kernel(dst, buf)
+        # All gradients live in one flat buffer, returned as views: one allocation, one kernel.
+        seg = np.full(6, -1, np.int64)
+        size = 0
+        for k, p in enumerate(params):
+            if need[k]:
+                seg[k] = size
+                size += p.numel()
+        flat = torch.empty(size, dtype=torch.float32)
+        dims = _dims(planes, lines)
+        threads = _set_threads()
+        # Lines come after the planes in the buffer; per-thread copies cover only them.
+        line_start = min((seg[k] for k in range(3, 6) if need[k]), default=size)
+        line_scratch = np.empty((threads - 1, size - line_start), np.float32)
+        _backward_kernel(tuple(_flat(p) for p in planes), tuple(_flat(l) for l in lines), dims, xyz.numpy(),
+                         _flat(grad_out.float()), ctx.reduce, seg, _bands(xyz, dims, threads), flat.numpy(),
+                         line_scratch)
+        grads = [flat[seg[k]:seg[k] + p.numel()].view(p.shape) if need[k] else None for k, p in enumerate(params)]
         return (None, None, *grads)
 
 
@@ -288,7 +326,15 @@ def vm_features(planes: Sequence[Tensor], lines: Sequence[Tensor], xyz: Tensor, 
     """
     if xyz.device.type != "cpu" or os.environ.get("VQRF_KERNEL") == "torch":
         return vm_features_torch(planes, lines, xyz, reduce)
+    # The kernels do no bounds checks: a bad shape must fail here, not read past an array.
+    if len(planes) != 3 or len(lines) != 3:
+        raise ValueError(f"need 3 planes and 3 lines, got {len(planes)} and {len(lines)}")
+    if xyz.dim() != 2 or xyz.shape[1] != 3:
+        raise ValueError(f"xyz must be [N, 3], got {list(xyz.shape)}")
     params = (*planes, *lines)
+    for k, t in enumerate(params):
+        if t.dim() != (3 if k < 3 else 2):
+            raise ValueError(f"planes must be [H, W, C] and lines [L, C], got {list(t.shape)}")
     for t in (xyz, *params):
         if t.dtype != torch.float32:
             raise TypeError(f"vm_features needs float32 tensors, got {t.dtype}")

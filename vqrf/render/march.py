@@ -13,7 +13,7 @@ from numba import njit, prange
 
 from vqrf.render.occupancy import OccupancyGrid
 
-__all__ = ["ray_box", "march"]
+__all__ = ["ray_box", "march", "count_samples"]
 
 
 def ray_box(origins: torch.Tensor, directions: torch.Tensor, aabb: torch.Tensor, near: float, far: float):
@@ -32,9 +32,11 @@ def _occupied(x, y, z, lo, scale, cells) -> bool:
     fy = (y - lo[1]) * scale[1]
     fz = (z - lo[2]) * scale[2]
     nx, ny, nz = cells.shape
-    if fx < 0.0 or fy < 0.0 or fz < 0.0 or fx > nx or fy > ny or fz > nz:
+    # A sample on the box's face (where every ray enters) may land a rounding error outside it: let it in.
+    tol = 1e-3
+    if fx < -tol or fy < -tol or fz < -tol or fx > nx + tol or fy > ny + tol or fz > nz + tol:
         return False
-    return cells[min(int(fx), nx - 1), min(int(fy), ny - 1), min(int(fz), nz - 1)] != 0
+    return cells[min(max(int(fx), 0), nx - 1), min(max(int(fy), 0), ny - 1), min(max(int(fz), 0), nz - 1)] != 0
 
 
 @njit(parallel=True, cache=True)
@@ -75,6 +77,34 @@ def _fill(origins, directions, t_start, t_end, step, jitter, lo, scale, cells, m
                 j += 1
 
 
+def _host(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+
+
+def _grid_args(occupancy: OccupancyGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    cells = occupancy.cells.numpy()
+    lo = _host(occupancy.aabb[0])
+    scale = (np.array(cells.shape, dtype=np.float32) / _host(occupancy.aabb[1] - occupancy.aabb[0])).astype(np.float32)
+    return lo, scale, cells
+
+
+def count_samples(
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    t_start: torch.Tensor,
+    t_end: torch.Tensor,
+    step: float,
+    occupancy: OccupancyGrid,
+    max_samples: int,
+) -> torch.Tensor:
+    """[R] number of unjittered samples each ray would get in occupied space (no samples are materialised)."""
+    counts = np.empty(origins.shape[0], dtype=np.int64)
+    jitter = np.zeros(origins.shape[0], dtype=np.float32)
+    _count(_host(origins), _host(directions), _host(t_start), _host(t_end), np.float32(step), jitter,
+           *_grid_args(occupancy), max_samples, counts)
+    return torch.from_numpy(counts).to(origins.device)
+
+
 def march(
     origins: torch.Tensor,
     directions: torch.Tensor,
@@ -99,14 +129,8 @@ def march(
         xyz [M, 3], t [M], ray_ids [M] (int64, non-decreasing), counts [R] (int64), on the rays' device.
     """
     device = origins.device
-
-    def host(x: torch.Tensor) -> np.ndarray:
-        return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-
-    o, d, t0, t1, u = host(origins), host(directions), host(t_start), host(t_end), host(jitter)
-    cells = occupancy.cells.numpy()
-    lo = host(occupancy.aabb[0])
-    scale = (np.array(cells.shape, dtype=np.float32) / host(occupancy.aabb[1] - occupancy.aabb[0])).astype(np.float32)
+    o, d, t0, t1, u = _host(origins), _host(directions), _host(t_start), _host(t_end), _host(jitter)
+    lo, scale, cells = _grid_args(occupancy)
     counts = np.empty(o.shape[0], dtype=np.int64)
     step = np.float32(step)
     _count(o, d, t0, t1, step, u, lo, scale, cells, max_samples, counts)

@@ -79,10 +79,14 @@ def render_rays(
         weights = (1.0 - torch.exp(-tau)) * transmittance  # [M]
 
         shade = weights > settings.weight_thres
+        acc = acc.index_add(0, ray_ids, weights)
         if shade.any():
             colors = field.color(xyz[shade], viewdirs[ray_ids[shade]])
             rgb = rgb.index_add(0, ray_ids[shade], weights[shade, None] * colors)
-        acc = acc.index_add(0, ray_ids, weights)
+            # The few unshaded samples' weight goes to the shaded ones in proportion (instead of counting as black),
+            # so a higher threshold costs little quality; at threshold 0 this is exactly the usual sum.
+            shaded_mass = torch.zeros_like(acc).index_add(0, ray_ids[shade], weights[shade])
+            rgb = rgb * (acc / shaded_mass.clamp_min(1e-10))[:, None]
         depth = depth.index_add(0, ray_ids, weights * t)
 
     if settings.white_bg if white_bg is None else white_bg:

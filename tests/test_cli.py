@@ -1,0 +1,110 @@
+"""Bad input ends in one line naming the file and the problem, exit code 2; outputs are never clobbered."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from vqrf.cli import main
+from vqrf.config import demo_preset
+from vqrf.data.synthetic import make_demo_scene
+from vqrf.train import train
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str, *needles: str) -> None:
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    cfg = dataclasses.replace(demo_preset().train, iters=20, batch_rays=256, n_voxel_init=16**3, n_voxel_final=16**3,
+                              upsample_at=(), alpha_mask_at=(10,))
+    train(make_demo_scene("train", n_views=4, size=16), dataclasses.replace(demo_preset(), train=cfg), out,
+          progress=False)
+    return out / "model.safetensors"
+
+
+def test_missing_dataset(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--data", str(tmp_path / "nope"), "--preset", "cpu", "--out", str(tmp_path / "o"))
+    assert code == 2
+    one_line_error(err, str(tmp_path / "nope"))
+
+
+def test_malformed_dataset_json(capsys, tmp_path):
+    (tmp_path / "transforms_train.json").write_text("{ not json")
+    code, _, err = run(capsys, "train", "--data", str(tmp_path), "--preset", "cpu", "--out", str(tmp_path / "o"))
+    assert code == 2
+    one_line_error(err, "transforms_train.json")
+
+
+def test_unknown_preset_is_refused(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", str(tmp_path), "--preset", "bogus", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert "bogus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage bytes that are not a model", b"\x10\x00\x00\x00\x00\x00\x00\x00{}"])
+def test_corrupt_model_file(capsys, tmp_path, content):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(content)
+    for verb in (["info", str(bad)], ["eval", str(bad), "--data", str(tmp_path)]):
+        code, _, err = run(capsys, *verb)
+        assert code == 2
+        one_line_error(err, str(bad))
+
+
+def test_truncated_model_file(capsys, tmp_path, tiny_model):
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(tiny_model.read_bytes()[: tiny_model.stat().st_size // 2])
+    code, _, err = run(capsys, "info", str(cut))
+    assert code == 2
+    one_line_error(err, str(cut))
+
+
+def test_info_describes_a_model(capsys, tiny_model):
+    code, out, _ = run(capsys, "info", str(tiny_model))
+    assert code == 0 and "grid" in out and "demo" in out
+
+
+def test_eval_refuses_to_overwrite(capsys, tmp_path, tiny_model, lego_dir):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps({"psnr": 1.0}))
+    code, _, err = run(capsys, "eval", str(tiny_model), "--data", str(lego_dir), "--out", str(out))
+    assert code == 2
+    one_line_error(err, "metrics.json", "--force")
+    assert json.loads((out / "metrics.json").read_text()) == {"psnr": 1.0}
+
+
+def test_eval_on_real_lego_writes_metrics_and_pngs(capsys, tmp_path, tiny_model, lego_dir):
+    out = tmp_path / "eval"
+    code, stdout, _ = run(capsys, "eval", str(tiny_model), "--data", str(lego_dir), "--downscale", "16", "--every",
+                          "100", "--out", str(out), "--quiet", "--no-lpips")
+    assert code == 0, stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["views"] == 2 and len(list((out / "renders").glob("*.png"))) == 2
+    assert 0 < metrics["psnr"] < 60 and "PSNR" in stdout
+
+
+def test_wrong_device(capsys, tmp_path, tiny_model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    code, _, err = run(capsys, "eval", str(tiny_model), "--data", str(tmp_path), "--device", "cuda")
+    assert code == 2
+    one_line_error(err, "cuda")

@@ -1,0 +1,96 @@
+"""Training really fits scenes, checkpoints resume after a hard kill, and model files round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqrf.checkpoint import load_model
+from vqrf.config import TrainConfig, demo_preset, get_preset
+from vqrf.data import load_scene
+from vqrf.data.synthetic import make_demo_scene
+from vqrf.evaluate import evaluate
+from vqrf.render.volume import render_image
+from vqrf.train import train
+
+SMALL = TrainConfig(
+    iters=240, batch_rays=1024, n_voxel_init=24**3, n_voxel_final=48**3, upsample_at=(40, 80, 120),
+    alpha_mask_at=(30, 100), checkpoint_every=1000,
+)
+
+
+def test_demo_scene_is_learned(tmp_path):
+    preset = dataclasses.replace(demo_preset(), train=SMALL)
+    result = train(make_demo_scene("train", n_views=30, size=32), preset, tmp_path, progress=False)
+    assert (tmp_path / "model.safetensors").is_file() and not (tmp_path / "checkpoint.safetensors").exists()
+    model = load_model(tmp_path / "model.safetensors")
+    metrics = evaluate(model, make_demo_scene("test", n_views=3, size=32), use_lpips=False, progress=False)
+    assert metrics["psnr"] > 20.0, metrics
+    assert model.occupancy.occupied_fraction() < 0.6  # most of the box is skipped
+    assert result.iters == SMALL.iters and result.seconds > 0
+
+
+def test_model_file_round_trip_renders_identically(tmp_path):
+    preset = dataclasses.replace(demo_preset(), train=dataclasses.replace(SMALL, iters=60))
+    result = train(make_demo_scene("train", n_views=10, size=24), preset, tmp_path, progress=False)
+    model = load_model(tmp_path / "model.safetensors")
+    origins, directions = make_demo_scene("test", n_views=1, size=24).rays(0)
+    before = render_image(result.field, result.occupancy, origins, directions, model.render_settings())["rgb"]
+    after = render_image(model.field, model.occupancy, origins, directions, model.render_settings())["rgb"]
+    torch.testing.assert_close(before, after, atol=0, rtol=0)
+    assert model.field.grid_size == result.field.grid_size
+
+
+def test_lego_small_fits(lego_dir, tmp_path):
+    """Real data, scaled down: lego at 50x50 for a few hundred iterations."""
+    preset = get_preset("cpu")
+    preset.train = dataclasses.replace(SMALL, iters=300, batch_rays=2048)
+    train(load_scene(lego_dir, "train", downscale=16), preset, tmp_path, progress=False)
+    scene = load_scene(lego_dir, "test", downscale=16)
+    metrics = evaluate(load_model(tmp_path / "model.safetensors"), scene, every=50, use_lpips=False, progress=False)
+    assert metrics["views"] == 4 and metrics["psnr"] > 19.0, metrics
+
+
+def test_sigkill_then_resume(lego_dir, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vqrf.cli", "train", "--data", str(lego_dir), "--preset", "cpu", "--downscale", "16",
+           "--iters", "400", "--checkpoint-every", "40", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoint = out / "checkpoint.safetensors"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), proc.communicate()[1].decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = load_model(checkpoint).extra["train"]["iteration"]
+    assert saved >= 40 and saved % 40 == 0
+    assert not (out / "model.safetensors").exists()
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming" in done.stdout
+    assert (out / "model.safetensors").is_file() and not checkpoint.exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize("name", ["syn", "nsvf", "tt", "llff", "cpu"])
+def test_presets_carry_the_reference_schedules(name):
+    preset = get_preset(name)
+    t = preset.train
+    assert list(t.upsample_at) == sorted(t.upsample_at) and max(t.upsample_at) < t.iters
+    if name == "llff":
+        assert preset.field.density_act == "relu" and preset.field.app_comps == (48, 12, 12) and t.tv_density == 1.0
+    if name == "syn":
+        assert t.iters == 30000 and t.n_voxel_final == 300**3 and t.l1_init == 8e-5
+    scaled = t.scaled_to(t.iters // 10)
+    assert scaled.upsample_at[0] == round(t.upsample_at[0] / 10)
