@@ -11,6 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import vqrf  # noqa: F401  (its environment settings must precede torch)
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 
 Writes ``benchmarks/results/<name>.json``, the held-out renders as PNGs, and a row in docs/benchmarks.md.
 
-    python benchmarks/fern_llff.py [--iters 3000] [--grid-final 160]
+    python benchmarks/fern_llff.py [--iters 2000] [--grid-final 128]
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from vqrf.train import train
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iters", type=int, default=3000)
+    ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--grid-init", type=int, default=64, help="initial grid, about N^3 voxels")
-    ap.add_argument("--grid-final", type=int, default=160, help="final grid, about N^3 voxels")
+    ap.add_argument("--grid-final", type=int, default=128, help="final grid, about N^3 voxels")
     ap.add_argument("--batch-rays", type=int, default=4096)
+    ap.add_argument("--weight-thres", type=float, default=1e-3, help="shade samples above this weight (as the cpu preset)")
     ap.add_argument("--name", default="fern_llff")
     args = ap.parse_args()
 
@@ -42,13 +43,15 @@ def main() -> None:
     preset.train.n_voxel_init = args.grid_init**3
     preset.train.n_voxel_final = args.grid_final**3
     preset.train.batch_rays = args.batch_rays
+    preset.train.weight_thres = args.weight_thres
 
     result = train(load_scene(fern, "train", downscale=8), preset, out, progress=sys.stderr.isatty())
     test = load_scene(fern, "test", downscale=8)
     metrics = evaluate(load_model(out / "model.safetensors"), test, out_dir=out, progress=sys.stderr.isatty())
     summary = {
         "protocol": "LLFF fern, images_8 (504x378), train on 17 views, test on held-out views 0, 8, 16 (NDC)",
-        "preset": f"llff scaled: {args.iters} iterations, grid {args.grid_init}^3 -> {args.grid_final}^3, bf16 MLP",
+        "preset": f"llff scaled: {args.iters} iterations, grid {args.grid_init}^3 -> {args.grid_final}^3, bf16 MLP, "
+                  f"weight threshold {args.weight_thres}",
         "iters": result.iters,
         "psnr": metrics["psnr"],
         "ssim": metrics["ssim"],

@@ -171,6 +171,7 @@ def demo_preset() -> Preset:
     return Preset(
         "demo",
         "demo",
+        field=FieldConfig(bf16_mlp=True),
         train=TrainConfig(
             iters=1500,
             batch_rays=2048,
@@ -178,6 +179,7 @@ def demo_preset() -> Preset:
             n_voxel_final=96**3,
             upsample_at=(150, 300, 450, 700),
             alpha_mask_at=(100, 350, 800),
+            weight_thres=1e-3,
             checkpoint_every=500,
         ),
     )
