@@ -1,4 +1,4 @@
-"""The ``vqrf`` command: demo, train, eval, info.
+"""The ``vqrf`` command: demo, train, compress, eval, info.
 
 Every verb is a thin wrapper over the library. Bad input ends with one line on stderr naming the file and the problem,
 and a non-zero exit code; outputs are never overwritten without ``--force``.
@@ -79,11 +79,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from vqrf.checkpoint import load_model
     from vqrf.data import load_scene
     from vqrf.evaluate import evaluate
+    from vqrf.models import open_model
 
-    model = load_model(args.model, _device(args.device))
+    model = open_model(args.model, _device(args.device))
     out = Path(args.out) if args.out else Path(args.model).parent / f"eval_{args.split}"
     _refuse_overwrite(out / "metrics.json", args.force)
     downscale = model.preset.downscale if args.downscale is None else args.downscale
@@ -96,10 +96,59 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    from vqrf.checkpoint import load_model
+def cmd_compress(args: argparse.Namespace) -> int:
+    from vqrf.checkpoint import atomic_write
+    from vqrf.compress.pipeline import compress_scene
+    from vqrf.compress.rate import parse_size
+    from vqrf.config import compress_defaults
+    from vqrf.data import load_scene
+    from vqrf.models import is_compressed, open_model
 
-    model = load_model(args.model)
+    out = Path(args.out)
+    _refuse_overwrite(out, args.force)
+    budget = parse_size(args.target_size) if args.target_size else None
+    if is_compressed(args.model):
+        raise VqrfError(args.model, "is already compressed; compress the trained model (.safetensors)")
+    model = open_model(args.model, _device(args.device))
+    cfg = compress_defaults(model.preset.dataset)
+    for name in ("keep", "non_prune", "codebook_size", "finetune_iters", "sync_every"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    if args.precision is not None:
+        cfg.codebook_precision = cfg.line_precision = cfg.network_precision = args.precision
+    for name in ("keep", "non_prune"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise VqrfError(None, f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(cfg, name)}")
+    downscale = model.preset.downscale if args.downscale is None else args.downscale
+    scene = load_scene(args.data, split="train", downscale=downscale, kind=args.kind)
+    if scene.ndc != model.scene.ndc:
+        raise VqrfError(scene.root, "this dataset's ray space (NDC or not) does not match the model's")
+    print(f"vqrf compress: {args.model} with {len(scene)} training views of {scene.name} -> {out}"
+          + (f" (budget {budget:,} bytes)" if budget else ""))
+    result = compress_scene(model, scene, cfg, Path(args.model), args.data, downscale, budget=budget,
+                            use_cache=not args.no_cache, progress=not args.quiet)
+    atomic_write(out, lambda tmp: tmp.write_bytes(result.data))
+    tiers = result.info["tiers"]
+    rows = [("file", f"{out}  {len(result.data):,} bytes ({len(result.data) / 2**20:.3f} MiB)"),
+            ("texels", f"{tiers['keep']:,} kept, {tiers['vq']:,} vector-quantised, {tiers['pruned']:,} pruned"),
+            ("codebooks", ", ".join(f"{c['density']}/{c['app']}" for c in result.info["codebooks"])
+             + " codes (density/appearance per plane)"),
+            ("time", ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))]
+    if "rate" in result.info:
+        r = result.info["rate"]
+        rows.insert(1, ("chose", f"keep {r['keep']:.3f}, {r['codebook_size']} codes, int8 codebooks/lines/network"
+                                 + (f", {r['demoted']} kept texels moved to codes to fit" if r["demoted"] else "")))
+    print(_table(rows))
+    print(f"next: vqrf eval {out} --data {args.data}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from vqrf.models import is_compressed, open_model
+
+    if is_compressed(args.model):
+        return _info_compressed(Path(args.model))
+    model = open_model(args.model)
     field = model.field
     rows = [
         ("file", f"{args.model} ({Path(args.model).stat().st_size / 2**20:.2f} MiB)"),
@@ -117,11 +166,53 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info_compressed(path: Path) -> int:
+    from vqrf.compress.container import section_sizes
+    from vqrf.models import open_model
+
+    model = open_model(path)
+    data = path.read_bytes()
+    meta = model.extra["compressed"]
+    stats = meta.get("stats", {})
+    groups: dict[str, int] = {}
+    for s in section_sizes(data, path):
+        head = s["name"].split(".")[0]
+        group = {"occupancy": "occupancy mask"}.get(head) or (
+            "masks" if s["name"].endswith("_mask") else
+            "indices" if s["name"].endswith(".indices") else
+            "codebooks" if ".codebook" in s["name"] else
+            "kept features" if ".keep" in s["name"] else
+            "lines" if head.startswith("line") else "basis + MLP")
+        groups[group] = groups.get(group, 0) + s["bytes"]
+    overhead = len(data) - sum(groups.values())
+    rows = [("file", f"{path}  {len(data):,} bytes ({len(data) / 2**20:.3f} MiB)"),
+            ("preset", model.preset.name),
+            ("grid", "x".join(map(str, model.field.grid_size)))]
+    if "tiers" in stats:
+        t = stats["tiers"]
+        rows.append(("texels", f"{t['keep']:,} kept, {t['vq']:,} vector-quantised, {t['pruned']:,} pruned"))
+    if "codebooks" in stats:
+        rows.append(("codebooks", ", ".join(f"{c['density']}/{c['app']}" for c in stats["codebooks"])
+                     + " codes used (density/appearance per plane)"))
+    rows.append(("precision", ", ".join(f"{k} {v}" for k, v in meta["precision"].items() if isinstance(v, str))))
+    if "psnr" in stats:
+        rows.append(("recorded", f"PSNR {stats['psnr']:.2f} dB on {stats.get('views', '?')} {stats.get('split', 'test')} views"))
+    rows.append(("sections", ""))
+    for name, size in sorted(groups.items(), key=lambda kv: -kv[1]):
+        rows.append((f"  {name}", f"{size:>9,} bytes  {100 * size / len(data):5.1f}%"))
+    rows.append(("  header + table", f"{overhead:>9,} bytes  {100 * overhead / len(data):5.1f}%"))
+    print(_table(rows))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vqrf.checkpoint import load_model
+    from vqrf.checkpoint import atomic_write, load_model
+    from vqrf.compress.pipeline import compress_model
+    from vqrf.config import CompressConfig
     from vqrf.data.synthetic import make_demo_scene
     from vqrf.evaluate import evaluate
-    from vqrf.train import train
+    from vqrf.models import open_model
+    from vqrf.train import RayPool, train
 
     out = Path(args.out)
     _refuse_overwrite(out / "model.safetensors", args.force)
@@ -129,16 +220,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     preset = demo_preset()
     train_scene = make_demo_scene("train")
     test_scene = make_demo_scene("test")
+    device = _device(args.device)
     print(f"vqrf demo: analytic scene, {len(train_scene)} training views at {train_scene.hw[1]}x{train_scene.hw[0]}, "
           f"{preset.train.iters} iterations -> {out}")
-    result = train(train_scene, preset, out, device=_device(args.device), progress=not args.quiet)
-    model = load_model(out / "model.safetensors")
+    result = train(train_scene, preset, out, device=device, progress=not args.quiet)
+    model = load_model(out / "model.safetensors", device)
     metrics = evaluate(model, test_scene, out_dir=out / "eval_test", progress=not args.quiet)
-    size = (out / "model.safetensors").stat().st_size / 2**20
-    print(f"\ndemo scene, {metrics['views']} held-out views")
-    print(_table([*_metric_rows(metrics), ("train", f"{result.seconds:.0f} s"), ("model", f"{size:.2f} MiB"),
-                  ("total", f"{time.perf_counter() - start:.0f} s")]))
-    print(f"renders: {out / 'eval_test' / 'renders'}")
+
+    compress_start = time.perf_counter()
+    cfg = CompressConfig(finetune_iters=150, codebook_precision="int8", line_precision="int8", network_precision="int8")
+    packed = compress_model(model, RayPool(train_scene, torch.device(device)), cfg, progress=not args.quiet)
+    vqrf_path = out / "demo.vqrf"
+    atomic_write(vqrf_path, lambda tmp: tmp.write_bytes(packed.data))
+    compress_seconds = time.perf_counter() - compress_start
+    small = evaluate(open_model(vqrf_path, device), test_scene, out_dir=out / "eval_test_vqrf", progress=not args.quiet)
+
+    size = (out / "model.safetensors").stat().st_size
+    print(f"\ndemo scene, {metrics['views']} held-out views      trained model      compressed .vqrf")
+    rows = [("PSNR", f"{metrics['psnr']:.2f} dB", f"{small['psnr']:.2f} dB"),
+            ("SSIM", f"{metrics['ssim']:.4f}", f"{small['ssim']:.4f}")]
+    if "lpips_alex" in metrics:
+        rows.append(("LPIPS (alex)", f"{metrics['lpips_alex']:.4f}", f"{small['lpips_alex']:.4f}"))
+    rows += [("size", f"{size:,} bytes", f"{len(packed.data):,} bytes ({size / len(packed.data):.0f}x smaller)"),
+             ("time", f"train {result.seconds:.0f} s", f"compress {compress_seconds:.0f} s"),
+             ("render", f"{metrics['render_rays_per_s']:,.0f} rays/s", f"{small['render_rays_per_s']:,.0f} rays/s")]
+    for name, a, b in rows:
+        print(f"  {name:<13} {a:<26} {b}")
+    print(f"total {time.perf_counter() - start:.0f} s; renders: {out / 'eval_test' / 'renders'}, "
+          f"{out / 'eval_test_vqrf' / 'renders'}; try: vqrf info {vqrf_path}")
     return 0
 
 
@@ -176,8 +285,26 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(run=cmd_train)
 
+    p = verbs.add_parser("compress", help="compress a trained model into one small .vqrf file")
+    p.add_argument("model", help="trained model (OUT/model.safetensors from vqrf train)")
+    dataset(p)
+    p.add_argument("-o", "--out", required=True, help="the .vqrf file to write")
+    p.add_argument("--target-size", default=None, help="byte budget, e.g. 500KB, 1MB, 1.5MiB (KB = 1000 bytes)")
+    p.add_argument("--keep", type=float, default=None, help="importance fraction kept unquantised (default 0.7)")
+    p.add_argument("--non-prune", type=float, default=None,
+                   help="importance fraction not pruned (default 0.999; 1.0 for nsvf and llff)")
+    p.add_argument("--codebook-size", type=int, default=None, help="codes per codebook at most (default 4096)")
+    p.add_argument("--finetune-iters", type=int, default=None,
+                   help="joint fine-tuning steps (default: a third of the preset's training iterations)")
+    p.add_argument("--sync-every", type=int, default=None, help="re-tie codes every N fine-tuning steps (default 10)")
+    p.add_argument("--precision", choices=("fp16", "int8"), default=None,
+                   help="codebooks, lines and MLP (default: int8 codebooks, fp16 lines and MLP)")
+    p.add_argument("--no-cache", action="store_true", help="recompute importance even if MODEL.importance is cached")
+    common(p)
+    p.set_defaults(run=cmd_compress)
+
     p = verbs.add_parser("eval", help="render a split and report PSNR, SSIM, LPIPS")
-    p.add_argument("model", help="model file (.safetensors)")
+    p.add_argument("model", help="model file (.safetensors or .vqrf)")
     dataset(p)
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--every", type=int, default=1, help="evaluate every K-th view (default: all)")
@@ -187,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(run=cmd_eval)
 
-    p = verbs.add_parser("info", help="describe a model file")
-    p.add_argument("model", help="model file (.safetensors)")
+    p = verbs.add_parser("info", help="describe a model file (sections, tiers, codebooks of a .vqrf)")
+    p.add_argument("model", help="model file (.safetensors or .vqrf)")
     p.set_defaults(run=cmd_info)
     return parser
 

@@ -192,3 +192,39 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise VqrfError(None, f"unknown preset '{name}' (choose from {', '.join(PRESETS)})")
     return PRESETS[name]()
+
+
+@dataclass
+class CompressConfig:
+    """VQRF compression of a trained field (method-spec §2): split, codebooks, fine-tuning, storage precision."""
+
+    keep: float = 0.7
+    """Texels carrying this fraction of the importance keep their own features (int8)."""
+    non_prune: float = 0.999
+    """Texels up to this cumulative importance are kept or vector-quantised; the rest are pruned. 1.0: no pruning."""
+    codebook_size: int = 4096
+    """Codes per codebook at most; see ``members_per_code``."""
+    members_per_code: int = 4
+    """A plane with few vq texels gets at most (its vq texels / this) codes, so no codebook outweighs its data."""
+    kmeans_iters: int = 100
+    finetune_iters: int | None = None
+    """Joint fine-tuning steps; None: a third of the preset's training iterations (the reference's 10k for 30k)."""
+    sync_every: int = 10
+    """Re-tie every code to the mean of its texels every this many fine-tuning steps."""
+    lr_scale: float = 0.25
+    """Fine-tuning learning rates relative to training's (the reference's 0.25)."""
+    codebook_precision: str = "int8"
+    line_precision: str = "fp16"
+    network_precision: str = "fp16"
+    codebook_levels: int = 64
+    """int8 codebooks use this many levels per channel: clustering error dominates, so coarse levels cost ~0.01 dB."""
+    keep_steps_per_std: float = 15.0
+    seed: int = 0
+
+    def finetune_steps(self, preset: "Preset") -> int:
+        return self.finetune_iters if self.finetune_iters is not None else preset.train.iters // 3
+
+
+def compress_defaults(dataset: str) -> CompressConfig:
+    """The reference's split per dataset kind: nsvf and llff prune nothing."""
+    return CompressConfig(non_prune=1.0) if dataset in ("nsvf", "llff") else CompressConfig()

@@ -10,7 +10,7 @@ from vqrf.fields.tensorf import TensorVM
 from vqrf.render.march import march, ray_box
 from vqrf.render.occupancy import OccupancyGrid
 
-__all__ = ["RenderSettings", "render_rays", "render_image"]
+__all__ = ["RenderSettings", "Samples", "sample_weights", "render_rays", "render_image"]
 
 
 @dataclass
@@ -33,6 +33,44 @@ class RenderSettings:
         step = field.step_size(step_ratio)
         diagonal = float((field.aabb[1] - field.aabb[0]).norm())
         return RenderSettings(step, int(diagonal / step) + 1, near, far, ndc, white_bg, weight_thres)
+
+
+@dataclass
+class Samples:
+    """The samples of a batch of rays that fall in occupied cells, with their compositing weights."""
+
+    xyz: torch.Tensor  # [M, 3] positions
+    t: torch.Tensor  # [M] distances along the (unnormalised) ray directions
+    ray_ids: torch.Tensor  # [M] which ray each sample belongs to, grouped by ray
+    weights: torch.Tensor  # [M] alpha * transmittance
+
+
+def sample_weights(
+    field: TensorVM,
+    occupancy: OccupancyGrid,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    settings: RenderSettings,
+    jitter: bool = False,
+) -> Samples:
+    """March rays [R, 3] through the occupied cells and composite density only: weight w = alpha * T per sample."""
+    n_rays = origins.shape[0]
+    device = origins.device
+    norms = directions.norm(dim=-1)
+    t_start, t_end = ray_box(origins, directions, field.aabb, settings.near, settings.far)
+    step = (settings.far - settings.near) / settings.max_samples if settings.ndc else settings.step
+    offsets = torch.rand(n_rays, device=device) if jitter else torch.zeros(n_rays, device=device)
+    xyz, t, ray_ids, counts = march(origins, directions, t_start, t_end, step, offsets, occupancy, settings.max_samples)
+    if xyz.shape[0] == 0:
+        return Samples(xyz, t, ray_ids, t.new_zeros(0))
+    # Optical depth of each sample, laid out densely [R, S] so transmittance is a per-row cumulative sum.
+    first = torch.cumsum(counts, 0) - counts
+    column = torch.arange(xyz.shape[0], device=device) - first[ray_ids]
+    sigma = field.density(xyz)
+    tau = sigma * (step * field.cfg.distance_scale) * norms[ray_ids]
+    dense = torch.zeros(n_rays, int(counts.max()), device=device).index_put((ray_ids, column), tau)
+    transmittance = torch.exp(-(torch.cumsum(dense, dim=1) - dense))[ray_ids, column]
+    return Samples(xyz, t, ray_ids, (1.0 - torch.exp(-tau)) * transmittance)
 
 
 def render_rays(
@@ -58,26 +96,14 @@ def render_rays(
     """
     n_rays = origins.shape[0]
     device = origins.device
-    norms = directions.norm(dim=-1)
-    viewdirs = directions / norms[:, None]
-    t_start, t_end = ray_box(origins, directions, field.aabb, settings.near, settings.far)
-    step = (settings.far - settings.near) / settings.max_samples if settings.ndc else settings.step
-    offsets = torch.rand(n_rays, device=device) if jitter else torch.zeros(n_rays, device=device)
-    xyz, t, ray_ids, counts = march(origins, directions, t_start, t_end, step, offsets, occupancy, settings.max_samples)
+    samples = sample_weights(field, occupancy, origins, directions, settings, jitter)
+    xyz, ray_ids, weights = samples.xyz, samples.ray_ids, samples.weights
+    viewdirs = directions / directions.norm(dim=-1, keepdim=True)
 
     rgb = torch.zeros(n_rays, 3, device=device)
     depth = torch.zeros(n_rays, device=device)
     acc = torch.zeros(n_rays, device=device)
     if xyz.shape[0] > 0:
-        # Optical depth of each sample, laid out densely [R, S] so transmittance is a per-row cumulative sum.
-        first = torch.cumsum(counts, 0) - counts
-        column = torch.arange(xyz.shape[0], device=device) - first[ray_ids]
-        sigma = field.density(xyz)
-        tau = sigma * (step * field.cfg.distance_scale) * norms[ray_ids]
-        dense = torch.zeros(n_rays, int(counts.max()), device=device).index_put((ray_ids, column), tau)
-        transmittance = torch.exp(-(torch.cumsum(dense, dim=1) - dense))[ray_ids, column]
-        weights = (1.0 - torch.exp(-tau)) * transmittance  # [M]
-
         shade = weights > settings.weight_thres
         acc = acc.index_add(0, ray_ids, weights)
         if shade.any():
@@ -87,7 +113,7 @@ def render_rays(
             # so a higher threshold costs little quality; at threshold 0 this is exactly the usual sum.
             shaded_mass = torch.zeros_like(acc).index_add(0, ray_ids[shade], weights[shade])
             rgb = rgb * (acc / shaded_mass.clamp_min(1e-10))[:, None]
-        depth = depth.index_add(0, ray_ids, weights * t)
+        depth = depth.index_add(0, ray_ids, weights * samples.t)
 
     if settings.white_bg if white_bg is None else white_bg:
         rgb = rgb + (1.0 - acc)[:, None]

@@ -1,0 +1,281 @@
+"""Compression: importance, split, codebooks, fine-tuning, the .vqrf field layer, rate control and the CLI."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from vqrf.checkpoint import load_model
+from vqrf.cli import main
+from vqrf.compress.codebook import assign, fit_codebook, weighted_code_means
+from vqrf.compress.codec import Precision, decode_field, encode_field
+from vqrf.compress.container import decode_container, encode_container
+from vqrf.compress.importance import plane_importance, splat_bilinear
+from vqrf.compress.pipeline import compress_model
+from vqrf.compress.quantize import quantize_affine, quantize_range
+from vqrf.compress.rate import parse_size
+from vqrf.compress.split import cdf_split
+from vqrf.compress.vq import KINDS, build_vq, plane_tensor
+from vqrf.config import CompressConfig, demo_preset
+from vqrf.data.synthetic import make_demo_scene
+from vqrf.errors import VqrfError
+from vqrf.evaluate import evaluate
+from vqrf.train import RayPool, train
+
+
+@pytest.fixture(scope="module")
+def demo_model(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    cfg = dataclasses.replace(demo_preset().train, iters=200, batch_rays=1024, n_voxel_init=24**3,
+                              n_voxel_final=40**3, upsample_at=(40, 80), alpha_mask_at=(30, 100))
+    train(make_demo_scene("train", n_views=20, size=32), dataclasses.replace(demo_preset(), train=cfg), out,
+          progress=False)
+    return out / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def demo_importance(demo_model) -> list[torch.Tensor]:
+    model = load_model(demo_model)
+    pool = RayPool(make_demo_scene("train", n_views=20, size=32), torch.device("cpu"))
+    return plane_importance(model.field, model.occupancy, pool, model.render_settings(), progress=False)
+
+
+def small_config(**kw) -> CompressConfig:
+    return CompressConfig(**{"keep": 0.5, "non_prune": 0.9999, "codebook_size": 64, "finetune_iters": 30, **kw})
+
+
+# ---- importance and split ---------------------------------------------------------------------------------------
+def test_splat_is_the_gradient_of_bilinear_lookup():
+    """The reference's definition: gradient of sum(w * grid_sample(ones)) w.r.t. the ones plane."""
+    torch.manual_seed(0)
+    h, w, n = 7, 11, 500
+    uv = torch.rand(n, 2) * 2.2 - 1.1  # some points outside [-1, 1] clamp to the border
+    weights = torch.rand(n)
+    ones = torch.ones(1, 1, h, w, dtype=torch.float64, requires_grad=True)
+    grid = uv.clamp(-1, 1).double()[None, :, None, :]
+    values = F.grid_sample(ones, grid, mode="bilinear", align_corners=True)[0, 0, :, 0]
+    (values * weights.double()).sum().backward()
+    target = torch.zeros(h, w, dtype=torch.float64)
+    splat_bilinear(target, uv[:, 0].double(), uv[:, 1].double(), weights.double())
+    torch.testing.assert_close(target, ones.grad[0, 0])
+
+
+def test_importance_carries_all_the_weight(demo_model, demo_importance):
+    """Bilinear coefficients sum to 1, so each plane's map sums to the total compositing weight of all rays."""
+    model = load_model(demo_model)
+    pool = RayPool(make_demo_scene("train", n_views=20, size=32), torch.device("cpu"))
+    total = 0.0
+    from vqrf.render.volume import sample_weights
+
+    with torch.no_grad():
+        for idx in torch.arange(pool.colors.shape[0]).split(4096):
+            o, d, _ = pool.rays(idx)
+            total += float(sample_weights(model.field, model.occupancy, o, d, model.render_settings()).weights.sum())
+    for i, m in enumerate(demo_importance):
+        assert m.shape == plane_tensor(model.field, "density", i).shape[:2]
+        assert float(m.sum()) == pytest.approx(total, rel=1e-4)
+
+
+def test_cdf_split_fractions():
+    torch.manual_seed(1)
+    imp = torch.rand(40, 30) ** 6
+    keep, vq = cdf_split(imp, 0.7, 0.99)
+    total = float(imp.sum())
+    assert not (keep & vq).any()
+    assert float(imp[keep].sum()) >= 0.7 * total
+    # minimal: dropping the least important kept texel falls below the fraction
+    assert float(imp[keep].sum() - imp[keep].min()) < 0.7 * total
+    assert float(imp[~(keep | vq)].sum()) <= 0.01 * total
+    keep, vq = cdf_split(imp, 0.0, 1.0)
+    assert not keep.any() and vq.all()
+
+
+# ---- codebooks and quantisers -----------------------------------------------------------------------------------
+def test_weighted_kmeans_finds_clusters_and_follows_weights():
+    torch.manual_seed(2)
+    centres = torch.randn(8, 5) * 10
+    x = centres.repeat_interleave(50, 0) + 0.01 * torch.randn(400, 5)
+    book, labels = fit_codebook(x, torch.ones(400), 8)
+    assert book.shape == (8, 5)
+    torch.testing.assert_close(book[labels], x, atol=0.05, rtol=0)
+    # one code for two points: it sits at their weighted mean
+    book, _ = fit_codebook(torch.tensor([[0.0], [1.0], [1.0]]), torch.tensor([3.0, 1.0, 0.0]), 1)
+    assert float(book[0, 0]) == pytest.approx(0.25, abs=1e-3)  # a zero weight still counts a little
+
+
+def test_unused_codes_are_dropped_and_assignment_is_nearest():
+    x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0]])
+    book, labels = fit_codebook(x, torch.ones(3), 8)  # fewer distinct points than codes
+    assert book.shape[0] == 2 and torch.equal(book[labels], x)
+    torch.manual_seed(3)
+    feats, codes = torch.randn(300, 4), torch.randn(17, 4)
+    torch.testing.assert_close(assign(feats, codes), torch.cdist(feats, codes).argmin(1))
+    means, total = weighted_code_means(torch.tensor([[1.0], [3.0], [7.0]]), torch.tensor([0, 0, 2]),
+                                       torch.tensor([1.0, 3.0, 1.0]), 3)
+    torch.testing.assert_close(means[:, 0], torch.tensor([2.5, 0.0, 7.0]))
+    torch.testing.assert_close(total, torch.tensor([4.0, 0.0, 1.0]))
+
+
+def test_int8_quantisers_bound_their_error():
+    torch.manual_seed(4)
+    x = torch.randn(1000, 6) * torch.tensor([1.0, 0.1, 5.0, 0.0, 2.0, 1e-3])
+    q = quantize_range(x)
+    assert ((q.dequantize() - x).abs() <= q.scale / 2 + 1e-6).all()
+    q = quantize_affine(x)
+    inside = (x - x.mean(0)).abs() < 8 * x.std(0, unbiased=False)
+    assert ((q.dequantize() - x).abs()[inside] <= (q.scale / 2 + 1e-6).expand_as(x)[inside]).all()
+
+
+def test_parse_size():
+    assert parse_size("500KB") == 500_000 and parse_size("1MB") == 1_000_000
+    assert parse_size("1.5MiB") == 1_572_864 and parse_size("362800") == 362_800
+    for bad in ("", "abc", "5XB", "-1MB"):
+        with pytest.raises(VqrfError):
+            parse_size(bad)
+
+
+# ---- the .vqrf field layer --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("precision", [Precision(), Precision("int8", "int8", "int8"), Precision("fp16")])
+def test_decoded_field_is_the_quantised_field(demo_model, demo_importance, precision):
+    model = load_model(demo_model)
+    state = build_vq(model.field, demo_importance, 0.5, 0.99, lambda n: {k: 32 for k in KINDS}, progress=False)
+    state.apply(model.field)
+    data = encode_field(model.field, state, model.occupancy, model.preset, model.scene, precision)
+    decoded = decode_field(data, "x.vqrf")
+    assert decoded.field.grid_size == model.field.grid_size
+    assert torch.equal(decoded.occupancy.cells, model.occupancy.cells)
+    for i, code in enumerate(state.planes):
+        for kind in KINDS:
+            got = plane_tensor(decoded.field, kind, i).reshape(-1, plane_tensor(decoded.field, kind, i).shape[-1])
+            want = plane_tensor(model.field, kind, i).detach().reshape(got.shape)
+            pruned = ~code.non_pruned.flatten()
+            assert (got[pruned] == 0).all()
+            tol = 2e-3 if precision.codebooks == "fp16" else float((want.max() - want.min()) / (precision.codebook_levels - 1))
+            assert (got[code.vq.flatten()] - want[code.vq.flatten()]).abs().max() <= tol
+            kept_std = want[code.keep.flatten()].std(0, unbiased=False).max()
+            assert (got[code.keep.flatten()] - want[code.keep.flatten()]).abs().max() <= kept_std / 15 / 2 + 1e-5
+    scene = make_demo_scene("test", n_views=2, size=32)
+    a = evaluate(model, scene, use_lpips=False, progress=False)["psnr"]
+    b = evaluate(decoded, scene, use_lpips=False, progress=False)["psnr"]
+    assert abs(a - b) < 0.2
+
+
+def test_pipeline_keeps_quality_and_pruned_texels_stay_zero(demo_model, demo_importance):
+    model = load_model(demo_model)
+    scene = make_demo_scene("test", n_views=3, size=32)
+    before = evaluate(model, scene, use_lpips=False, progress=False)["psnr"]
+    pool = RayPool(make_demo_scene("train", n_views=20, size=32), torch.device("cpu"))
+    stages = []
+    result = compress_model(model, pool, small_config(non_prune=0.99), demo_importance, progress=False,
+                            on_stage=lambda name, f, st: stages.append(name))
+    assert stages == ["original", "pruned", "vq", "finetuned", "packed"]
+    after = evaluate(result.model, scene, use_lpips=False, progress=False)["psnr"]
+    assert after > before - 1.5, (before, after)
+    assert len(result.data) < 0.25 * demo_model.stat().st_size
+    for i, code in enumerate(result.state.planes):
+        assert (~code.non_pruned).any()
+        for kind in KINDS:
+            plane = plane_tensor(result.model.field, kind, i)
+            assert (plane[~code.non_pruned] == 0).all()
+    tiers = result.info["tiers"]
+    assert tiers["keep"] > 0 and tiers["vq"] > 0 and tiers["pruned"] > 0
+
+
+def test_rate_control_lands_under_budget(demo_model, demo_importance):
+    pool = RayPool(make_demo_scene("train", n_views=20, size=32), torch.device("cpu"))
+    free = compress_model(load_model(demo_model), pool, small_config(finetune_iters=0), demo_importance,
+                          progress=False)
+    budget = int(0.6 * len(free.data))
+    result = compress_model(load_model(demo_model), pool, small_config(), demo_importance, budget=budget,
+                            progress=False)
+    assert 0.95 * budget <= len(result.data) <= budget, (len(result.data), budget)
+    assert result.info["rate"]["codebook_size"] > 0
+    with pytest.raises(VqrfError, match="target-size"):
+        compress_model(load_model(demo_model), pool, small_config(), demo_importance, budget=1000, progress=False)
+
+
+# ---- bad files ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_file(demo_model, demo_importance) -> bytes:
+    model = load_model(demo_model)
+    state = build_vq(model.field, demo_importance, 0.5, 0.99, lambda n: {k: 16 for k in KINDS}, progress=False)
+    state.apply(model.field)
+    return encode_field(model.field, state, model.occupancy, model.preset, model.scene, Precision("int8", "int8", "int8"))
+
+
+def test_field_layer_rejects_inconsistent_files(small_file):
+    header, sections = decode_container(small_file, "x")
+    cases = {
+        "format": ({**header, "format": "other"}, sections, "not a compressed"),
+        "version": ({**header, "version": 99}, sections, "newer vqrf"),
+        "missing": (header, {k: v for k, v in sections.items() if k != "plane1.app.indices"}, "missing"),
+        "shape": (header, {**sections, "plane0.keep_mask": np.zeros((3, 3), bool)}, "expected"),
+        "grid": ({**header, "grid": [1, -5, 3]}, sections, "inconsistent header"),
+        "index": (header, {**sections, "plane0.density.indices":
+                           np.full_like(sections["plane0.density.indices"], 60000)}, "beyond"),
+    }
+    for name, (h, s, message) in cases.items():
+        with pytest.raises(VqrfError, match=message):
+            decode_field(encode_container(h, s), "x.vqrf")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_files_fail_cleanly(small_file, data):
+    blob = bytearray(small_file)
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["flip", "truncate", "insert", "delete"]))
+        pos = data.draw(st.integers(0, max(len(blob) - 1, 0)))
+        if kind == "flip" and blob:
+            blob[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "truncate":
+            del blob[pos:]
+        elif kind == "insert":
+            blob[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+        elif blob:
+            del blob[pos:pos + data.draw(st.integers(1, 8))]
+    try:
+        decode_field(bytes(blob), "fuzz.vqrf")
+    except VqrfError:
+        pass
+
+
+# ---- command line -----------------------------------------------------------------------------------------------
+def test_cli_compress_info_eval_on_real_lego(lego_dir, tmp_path, capsys):
+    """Real data, scaled down: a small lego model compressed, described and evaluated through the CLI."""
+    from vqrf.config import get_preset
+    from vqrf.data import load_scene
+
+    preset = get_preset("cpu")
+    preset.train = dataclasses.replace(preset.train.scaled_to(200), batch_rays=1024, n_voxel_init=24**3,
+                                       n_voxel_final=48**3)
+    train(load_scene(lego_dir, "train", downscale=16), preset, tmp_path / "run", progress=False)
+    model = tmp_path / "run" / "model.safetensors"
+    out = tmp_path / "lego.vqrf"
+    args = ["--data", str(lego_dir), "--downscale", "16", "--finetune-iters", "20", "--codebook-size", "256", "--quiet"]
+    assert main(["compress", str(model), "-o", str(out), *args]) == 0
+    printed = capsys.readouterr().out
+    assert f"{out.stat().st_size:,} bytes" in printed
+    assert (tmp_path / "run" / "model.importance.safetensors").is_file()  # cached for the next run
+    assert main(["compress", str(model), "-o", str(out), *args]) == 2  # no overwrite without --force
+    assert "already exists" in capsys.readouterr().err
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "vector-quantised" in info and "indices" in info and "codebooks" in info
+    assert main(["eval", str(out), "--data", str(lego_dir), "--downscale", "16", "--every", "50", "--no-lpips",
+                 "--quiet", "--out", str(tmp_path / "ev")]) == 0
+    assert "PSNR" in capsys.readouterr().out and (tmp_path / "ev" / "metrics.json").is_file()
+    for content in (out.read_bytes()[:100], b"\x89VQRF\r\n\x1a" + b"\x00" * 40, out.read_bytes()[:-7]):
+        bad = tmp_path / "bad.vqrf"
+        bad.write_bytes(content)
+        for verb in (["info", str(bad)], ["eval", str(bad), "--data", str(lego_dir), "--no-lpips", "--quiet"]):
+            assert main(verb) == 2
+            err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+            assert len(err) == 1 and "bad.vqrf" in err[0], err

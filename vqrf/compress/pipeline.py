@@ -1,0 +1,152 @@
+"""The compression pipeline: importance -> split -> codebooks -> joint fine-tuning -> packed file.
+
+Each stage reports to an optional ``on_stage(name, field, state)`` callback with the field as it stands (the benchmark
+renders the test views there), and its wall time goes into ``CompressResult.seconds``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from dataclasses import dataclass, field as dc_field
+from typing import Any, Callable
+
+import torch
+
+from vqrf.checkpoint import LoadedModel
+from vqrf.compress.codec import Precision, decode_field, encode_field
+from vqrf.compress.finetune import finetune
+from vqrf.compress.importance import cached_importance, plane_importance
+from vqrf.compress.rate import fit_budget, plan_for_budget
+from vqrf.compress.vq import KINDS, VQState, build_vq, plane_tensor
+from vqrf.config import CompressConfig
+from vqrf.data.scene import Scene
+from vqrf.fields.tensorf import TensorVM
+from vqrf.train import RayPool
+
+__all__ = ["CompressResult", "codebook_sizes", "compress_model", "compress_scene", "pruned_copy"]
+
+StageCallback = Callable[[str, TensorVM, "VQState | None"], None]
+
+
+@dataclass
+class CompressResult:
+    data: bytes
+    """The .vqrf file."""
+    model: LoadedModel
+    """The file decoded again: what every consumer of the file will see."""
+    state: VQState
+    seconds: dict[str, float] = dc_field(default_factory=dict)
+    info: dict[str, Any] = dc_field(default_factory=dict)
+
+
+def codebook_sizes(cfg: CompressConfig, n_vq: int) -> dict[str, int]:
+    """Codes per codebook for a plane with ``n_vq`` vq texels."""
+    size = max(1, min(cfg.codebook_size, n_vq // max(cfg.members_per_code, 1)))
+    return {kind: size for kind in KINDS}
+
+
+@torch.no_grad()
+def pruned_copy(field: TensorVM, state: VQState) -> TensorVM:
+    """``field`` with only the pruned texels zeroed (the 'pruned' stage of the pipeline figure)."""
+    out = copy.deepcopy(field)
+    for i, code in enumerate(state.planes):
+        for kind in KINDS:
+            plane = plane_tensor(out, kind, i)
+            plane.data[~code.non_pruned.to(plane.device)] = 0.0
+    return out
+
+
+def compress_model(
+    model: LoadedModel,
+    pool: RayPool,
+    cfg: CompressConfig,
+    importance: list[torch.Tensor] | None = None,
+    budget: int | None = None,
+    progress: bool = True,
+    on_stage: StageCallback | None = None,
+) -> CompressResult:
+    """Compress ``model`` (its field is modified in place by fine-tuning) into the bytes of a .vqrf file.
+
+    With ``budget`` (bytes), rate control picks the keep fraction, codebook size and precision instead of ``cfg``'s.
+    """
+    seconds: dict[str, float] = {}
+    info: dict[str, Any] = {}
+    field, settings = model.field, model.render_settings()
+    if on_stage:
+        on_stage("original", field, None)
+
+    start = time.perf_counter()
+    if importance is None:
+        importance = plane_importance(field, model.occupancy, pool, settings, progress=progress)
+    seconds["importance"] = time.perf_counter() - start
+
+    if budget is not None:
+        start = time.perf_counter()
+        plan = plan_for_budget(model, pool, importance, cfg, budget, progress)
+        cfg = plan.cfg
+        info["rate"] = {"budget": budget, "keep": cfg.keep, "codebook_size": cfg.codebook_size,
+                        "precision": "int8", "candidates": plan.candidates}
+        seconds["rate_control"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    state = build_vq(field, importance, cfg.keep, cfg.non_prune, lambda n: codebook_sizes(cfg, n), cfg.seed, progress)
+    seconds["codebooks"] = time.perf_counter() - start
+    if on_stage:
+        on_stage("pruned", pruned_copy(field, state), state)
+        quantised = copy.deepcopy(field)
+        state.apply(quantised)
+        on_stage("vq", quantised, state)
+
+    start = time.perf_counter()
+    finetune(field, model.occupancy, state, pool, settings, model.preset, cfg.finetune_steps(model.preset),
+             cfg.sync_every, cfg.lr_scale, progress=progress)
+    seconds["finetune"] = time.perf_counter() - start
+    if on_stage:
+        on_stage("finetuned", field, state)
+
+    start = time.perf_counter()
+    precision = Precision.from_config(cfg)
+
+    def encode(st: VQState) -> bytes:
+        stats = {"tiers": st.counts(),
+                 "codebooks": [{k: int(c.codebooks[k].shape[0]) for k in KINDS} for c in st.planes]}
+        return encode_field(field, st, model.occupancy, model.preset, model.scene, precision, stats)
+
+    if budget is not None:
+        data, info["rate"]["demoted"] = fit_budget(model, state, encode, budget)
+    else:
+        data = encode(state)
+    seconds["pack"] = time.perf_counter() - start
+    decoded = decode_field(data, "<memory>")
+    info.update(decoded.extra["compressed"]["stats"])
+    if on_stage:
+        on_stage("packed", decoded.field, state)
+    return CompressResult(data, decoded, state, seconds, info)
+
+
+def compress_scene(
+    model: LoadedModel,
+    scene: Scene,
+    cfg: CompressConfig,
+    model_path: Path,
+    data_path: str,
+    downscale: float,
+    budget: int | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+    on_stage: StageCallback | None = None,
+) -> CompressResult:
+    """:func:`compress_model` on every training ray of ``scene``, with importance cached next to ``model_path``."""
+    pool = RayPool(scene, model.field.aabb.device)
+    start = time.perf_counter()
+
+    def compute() -> list[torch.Tensor]:
+        return plane_importance(model.field, model.occupancy, pool, model.render_settings(), progress=progress)
+
+    importance = cached_importance(model_path, data_path, downscale, compute, progress) if use_cache else compute()
+    seconds = time.perf_counter() - start
+    result = compress_model(model, pool, cfg, importance, budget, progress, on_stage)
+    result.seconds["importance"] = seconds
+    return result

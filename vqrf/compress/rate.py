@@ -1,0 +1,194 @@
+"""Rate control: choose codebook size, keep fraction and precision so the file fits a byte budget.
+
+For each candidate codebook size, codebooks are fitted once on all unpruned texels (a short k-means), then the keep
+fraction is bisected against the exact byte count of the encoded file; each candidate's quality is measured by
+rendering a fixed batch of training rays, and the best one is compressed for real. If fine-tuning leaves the file over
+budget, the least important kept texels are moved to their nearest code until it fits.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from vqrf.checkpoint import LoadedModel
+from vqrf.compress.codebook import assign, fit_codebook
+from vqrf.compress.codec import Precision, encode_field
+from vqrf.compress.split import cdf_split
+from vqrf.compress.vq import KINDS, PlaneCode, VQState, plane_tensor
+from vqrf.config import CompressConfig
+from vqrf.errors import VqrfError
+from vqrf.render.volume import render_rays
+from vqrf.train import RayPool
+
+__all__ = ["RatePlan", "plan_for_budget", "fit_budget", "parse_size"]
+
+CANDIDATE_SIZES = (4096, 2048, 1024, 512, 256, 128, 64, 32, 16)
+SEARCH_KMEANS_ITERS = 20
+PROBE_RAYS = 1 << 15
+AIM = 0.975  # of the budget, leaving room for fine-tuning's small changes in entropy
+
+
+def parse_size(text: str) -> int:
+    """'500KB', '1MB', '1.5MiB', '362800' -> bytes (KB/MB are powers of 1000, KiB/MiB of 1024)."""
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30, "k": 10**3,
+             "m": 10**6}
+    s = text.strip().lower().replace(" ", "")
+    number = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(number):]
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise VqrfError(None, f"--target-size: cannot read {text!r} (examples: 500KB, 1MB, 1.5MiB, 362800)") from None
+    if value < 1:
+        raise VqrfError(None, f"--target-size must be positive, got {text!r}")
+    return int(value)
+
+
+@dataclass
+class RatePlan:
+    cfg: CompressConfig
+    """The configuration chosen (keep fraction, codebook size, precision)."""
+    predicted_bytes: int
+    candidates: list[dict[str, Any]]
+    """Every candidate tried: codebook size, keep fraction, bytes, probe MSE."""
+
+
+def _state_for(field, importance, books: list[dict[str, torch.Tensor]], keep: float, non_prune: float) -> VQState:
+    """Split at ``keep`` and assign every vq texel to its nearest code of ``books`` (no refit)."""
+    planes = []
+    for i, imp in enumerate(importance):
+        keep_mask, vq_mask = cdf_split(imp.cpu(), keep, non_prune)
+        code = PlaneCode(keep_mask, vq_mask)
+        for kind in KINDS:
+            plane = plane_tensor(field, kind, i).detach()
+            members = plane.reshape(-1, plane.shape[-1])[vq_mask.flatten().to(plane.device)]
+            book = books[i][kind].to(plane.device)
+            code.codebooks[kind], code.indices[kind] = book, assign(members, book)
+        planes.append(code)
+    return VQState(planes, [m.cpu() for m in importance])
+
+
+@torch.no_grad()
+def _probe_mse(model: LoadedModel, state: VQState, rays: tuple[torch.Tensor, ...]) -> float:
+    field = copy.deepcopy(model.field)
+    state.apply(field)
+    origins, directions, target = rays
+    out = render_rays(field, model.occupancy, origins, directions, model.render_settings())
+    return float(torch.mean((out["rgb"] - target) ** 2))
+
+
+def plan_for_budget(
+    model: LoadedModel,
+    pool: RayPool,
+    importance: list[torch.Tensor],
+    cfg: CompressConfig,
+    budget: int,
+    progress: bool = True,
+) -> RatePlan:
+    """Pick the configuration with the lowest probe error whose file is predicted to fit ``AIM * budget`` bytes."""
+    field = model.field
+    base = replace(cfg, codebook_precision="int8", line_precision="int8", network_precision="int8", codebook_levels=32)
+    precision = Precision.from_config(base)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    probe_idx = pool.valid[torch.randperm(len(pool.valid), generator=generator)[:PROBE_RAYS]]
+    rays = pool.rays(probe_idx)
+    goal = int(AIM * budget)
+
+    unpruned = [cdf_split(m.cpu(), 0.0, cfg.non_prune)[1] for m in importance]
+    n_unpruned = min(int(m.sum()) for m in unpruned)
+    sizes = [k for k in CANDIDATE_SIZES if k <= max(cfg.codebook_size, CANDIDATE_SIZES[-1])
+             and k <= max(n_unpruned // max(cfg.members_per_code, 1), CANDIDATE_SIZES[-1])]
+    candidates, best, worse = [], None, 0
+    for k in tqdm(sizes, disable=not progress, desc="rate control", unit="size", dynamic_ncols=True):
+        books = []
+        for i, mask in enumerate(unpruned):
+            w = importance[i].cpu().flatten()[mask.flatten()]
+            per_kind = {}
+            for kind in KINDS:
+                plane = plane_tensor(field, kind, i).detach().cpu()
+                members = plane.reshape(-1, plane.shape[-1])[mask.flatten()]
+                per_kind[kind] = fit_codebook(members, w, k, cfg.seed + i, SEARCH_KMEANS_ITERS)[0]
+            books.append(per_kind)
+
+        def size_at(keep: float) -> int:
+            state = _state_for(field, importance, books, keep, cfg.non_prune)
+            return len(encode_field(field, state, model.occupancy, model.preset, model.scene, precision))
+
+        if size_at(0.0) > goal:
+            candidates.append({"codebook_size": k, "keep": 0.0, "bytes": size_at(0.0), "fits": False})
+            continue
+        low, high = 0.0, 0.99
+        if size_at(high) <= goal:
+            low = high
+        else:
+            for _ in range(10):  # keep fraction to ~0.001
+                mid = 0.5 * (low + high)
+                low, high = (mid, high) if size_at(mid) <= goal else (low, mid)
+        state = _state_for(field, importance, books, low, cfg.non_prune)
+        row = {"codebook_size": k, "keep": round(low, 4), "bytes": size_at(low), "fits": True,
+               "probe_mse": _probe_mse(model, state, rays)}
+        candidates.append(row)
+        if best is None or row["probe_mse"] < best["probe_mse"]:
+            best, worse = row, 0
+        else:
+            worse += 1
+            if worse == 2:  # error grows steadily as codebooks shrink past the best size
+                break
+    if best is None:
+        smallest = min(c["bytes"] for c in candidates)
+        raise VqrfError(None, f"--target-size {budget:,} bytes is below the smallest file this model compresses to "
+                              f"(about {smallest:,} bytes with {candidates[-1]['codebook_size']}-code books, "
+                              f"nothing kept)")
+    chosen = replace(base, keep=best["keep"], codebook_size=best["codebook_size"], members_per_code=1)
+    return RatePlan(chosen, best["bytes"], candidates)
+
+
+def fit_budget(model: LoadedModel, state: VQState, encode, budget: int) -> tuple[bytes, int]:
+    """Move the least important kept texels into the vq tier (nearest code) until ``encode(state)`` fits ``budget``.
+
+    ``model.field`` and ``state`` are updated in place. Returns the bytes and the number of texels moved.
+    """
+    data = encode(state)
+    if len(data) <= budget:
+        return data, 0
+    field = model.field
+    kept = [(float(state.weights[i].flatten()[t]), i, t) for i, code in enumerate(state.planes)
+            for t in code.keep.flatten().nonzero().flatten().tolist()]
+    kept.sort()
+    original = copy.deepcopy(state.planes)
+
+    def demote(n: int) -> None:
+        state.planes = copy.deepcopy(original)
+        for _, i, t in kept[:n]:
+            state.planes[i].keep.view(-1)[t] = False
+            state.planes[i].vq.view(-1)[t] = True
+        for i, code in enumerate(state.planes):
+            moved = code.vq.flatten() & original[i].keep.flatten()
+            for kind in KINDS:
+                plane = plane_tensor(field, kind, i).detach()
+                flat = plane.reshape(-1, plane.shape[-1])
+                book = code.codebooks[kind]
+                full = torch.full((flat.shape[0],), -1, dtype=torch.long, device=book.device)
+                full[original[i].vq.flatten()] = original[i].indices[kind]
+                full[moved] = assign(flat[moved.to(flat.device)], book)
+                code.indices[kind] = full[code.vq.flatten()]
+
+    low, high = 0, len(kept)
+    while low < high:  # smallest n that fits
+        mid = (low + high) // 2
+        demote(mid)
+        if len(encode(state)) <= budget:
+            high = mid
+        else:
+            low = mid + 1
+    demote(low)
+    state.apply(field)
+    data = encode(state)
+    if len(data) > budget:
+        raise VqrfError(None, f"cannot fit {budget:,} bytes even with no kept texels ({len(data):,} bytes)")
+    return data, low
