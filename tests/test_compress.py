@@ -260,7 +260,7 @@ def test_cli_compress_info_eval_on_real_lego(lego_dir, tmp_path, capsys):
     model = tmp_path / "run" / "model.safetensors"
     out = tmp_path / "lego.vqrf"
     args = ["--data", str(lego_dir), "--downscale", "16", "--finetune-iters", "20", "--codebook-size", "256", "--quiet"]
-    assert main(["compress", str(model), "-o", str(out), *args]) == 0
+    assert main(["compress", str(model), "-o", str(out), *args, "--eval-every", "100"]) == 0
     printed = capsys.readouterr().out
     assert f"{out.stat().st_size:,} bytes" in printed
     assert (tmp_path / "run" / "model.importance.safetensors").is_file()  # cached for the next run
@@ -268,7 +268,8 @@ def test_cli_compress_info_eval_on_real_lego(lego_dir, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
-    assert "vector-quantised" in info and "indices" in info and "codebooks" in info
+    assert "vector-quantised" in info and "indices" in info and "perplexity" in info
+    assert "PSNR" in info and "2 test views" in info  # recorded by --eval-every
     assert main(["eval", str(out), "--data", str(lego_dir), "--downscale", "16", "--every", "50", "--no-lpips",
                  "--quiet", "--out", str(tmp_path / "ev")]) == 0
     assert "PSNR" in capsys.readouterr().out and (tmp_path / "ev" / "metrics.json").is_file()

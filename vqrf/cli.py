@@ -127,9 +127,20 @@ def cmd_compress(args: argparse.Namespace) -> int:
           + (f" (budget {budget:,} bytes)" if budget else ""))
     result = compress_scene(model, scene, cfg, Path(args.model), args.data, downscale, budget=budget,
                             use_cache=not args.no_cache, progress=not args.quiet)
-    atomic_write(out, lambda tmp: tmp.write_bytes(result.data))
+    data = result.data
+    if args.eval_every:
+        from vqrf.evaluate import evaluate
+
+        test = load_scene(args.data, split="test", downscale=downscale, kind=args.kind)
+        metrics = evaluate(result.model, test, every=args.eval_every, use_lpips=False, progress=not args.quiet)
+        recorded = result.reencode({"psnr": metrics["psnr"], "ssim": metrics["ssim"], "views": metrics["views"],
+                                    "split": "test"})
+        if budget is None or len(recorded) <= budget:
+            data = recorded
+        print(f"decoded file on {metrics['views']} test views: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}")
+    atomic_write(out, lambda tmp: tmp.write_bytes(data))
     tiers = result.info["tiers"]
-    rows = [("file", f"{out}  {len(result.data):,} bytes ({len(result.data) / 2**20:.3f} MiB)"),
+    rows = [("file", f"{out}  {len(data):,} bytes ({len(data) / 2**20:.3f} MiB)"),
             ("texels", f"{tiers['keep']:,} kept, {tiers['vq']:,} vector-quantised, {tiers['pruned']:,} pruned"),
             ("codebooks", ", ".join(f"{c['density']}/{c['app']}" for c in result.info["codebooks"])
              + " codes (density/appearance per plane)"),
@@ -167,7 +178,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _info_compressed(path: Path) -> int:
-    from vqrf.compress.container import section_sizes
+    import numpy as np
+
+    from vqrf.compress.container import decode_container, section_sizes
     from vqrf.models import open_model
 
     model = open_model(path)
@@ -191,9 +204,17 @@ def _info_compressed(path: Path) -> int:
     if "tiers" in stats:
         t = stats["tiers"]
         rows.append(("texels", f"{t['keep']:,} kept, {t['vq']:,} vector-quantised, {t['pruned']:,} pruned"))
-    if "codebooks" in stats:
-        rows.append(("codebooks", ", ".join(f"{c['density']}/{c['app']}" for c in stats["codebooks"])
-                     + " codes used (density/appearance per plane)"))
+    _, sections = decode_container(data, path)
+    for i in range(3):
+        parts = []
+        for kind in ("density", "app"):
+            size = sections[f"plane{i}.{kind}.codebook"].shape[0]
+            counts = np.bincount(sections[f"plane{i}.{kind}.indices"].astype(np.int64), minlength=size)
+            used = int((counts > 0).sum())
+            p = counts[counts > 0] / max(counts.sum(), 1)
+            perplexity = float(np.exp(-(p * np.log(p)).sum())) if counts.sum() else 0.0
+            parts.append(f"{kind} {used}/{size} used, perplexity {perplexity:.0f}")
+        rows.append((f"codebooks {i}", "; ".join(parts)))
     rows.append(("precision", ", ".join(f"{k} {v}" for k, v in meta["precision"].items() if isinstance(v, str))))
     if "psnr" in stats:
         rows.append(("recorded", f"PSNR {stats['psnr']:.2f} dB on {stats.get('views', '?')} {stats.get('split', 'test')} views"))
@@ -299,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-every", type=int, default=None, help="re-tie codes every N fine-tuning steps (default 10)")
     p.add_argument("--precision", choices=("fp16", "int8"), default=None,
                    help="codebooks, lines and MLP (default: int8 codebooks, fp16 lines and MLP)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="score the decoded file on every N-th test view and record PSNR in it (default: off)")
     p.add_argument("--no-cache", action="store_true", help="recompute importance even if MODEL.importance is cached")
     common(p)
     p.set_defaults(run=cmd_compress)

@@ -2,7 +2,7 @@
 
 Layout (all integers little-endian; docs/format.md, "Container layer", describes every byte)::
 
-    MAGIC (8 B) | u16 version | u32 table length T | table (T B, UTF-8 JSON) | u32 CRC32(table) | payloads
+    MAGIC (8 B) | u16 version | u32 table length T | table (T B, zlib-deflated UTF-8 JSON) | u32 CRC32(table) | payloads
 
 The table is ``{"header": <caller's dict>, "sections": [{"name", "dtype", "shape", "coder", "length",
 "crc32"}, ...]}``; payloads follow back to back in table order, each exactly ``length`` bytes, nothing in
@@ -36,6 +36,7 @@ VERSION = 1
 # (2**28 float32 elements are 1 GiB; a real .vqrf holds a few million).
 MAX_ELEMENTS = 2**28
 MAX_NDIM = 32
+MAX_TABLE = 16 << 20  # bytes of JSON table, inflated
 # An ans alphabet is at most this many consecutive integers (constriction's 24-bit probabilities leave room).
 MAX_ALPHABET = 65536
 
@@ -111,8 +112,11 @@ def encode_container(header: dict, sections: dict[str, np.ndarray],
         entries.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape), "coder": coder,
                         "length": len(payload), "crc32": zlib.crc32(payload)})
         payloads.append(payload)
-    table = json.dumps({"header": header, "sections": entries}, ensure_ascii=False, allow_nan=False,
-                       separators=(",", ":")).encode("utf-8")
+    text = json.dumps({"header": header, "sections": entries}, ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode("utf-8")
+    if len(text) > MAX_TABLE:
+        raise ValueError(f"section table larger than {MAX_TABLE} bytes")
+    table = zlib.compress(text, 9)  # the table of ~80 sections is 10 KB of JSON, 2 KB deflated
     if len(table) >= 2**32:
         raise ValueError("section table larger than 4 GiB")
     return b"".join([MAGIC, _FIXED.pack(VERSION, len(table)), table, struct.pack("<I", zlib.crc32(table)), *payloads])
@@ -271,7 +275,11 @@ def _read_table(data: bytes, source: str | Path) -> tuple[dict, list[_Entry], li
     if zlib.crc32(table) != struct.unpack_from("<I", data, table_end)[0]:
         raise VqrfError(source, "corrupt section table (CRC mismatch)")
     try:
-        parsed = json.loads(table.decode("utf-8"), parse_constant=_reject_constant)
+        text = _inflate(zlib.decompressobj(), table, MAX_TABLE)
+    except _Bad as err:
+        raise VqrfError(source, f"bad section table: {err}") from None
+    try:
+        parsed = json.loads(text.decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise VqrfError(source, f"bad section table: not UTF-8 JSON ({_first_line(err)})") from None
     if not isinstance(parsed, dict) or not isinstance(parsed.get("header"), dict) \

@@ -39,6 +39,11 @@ class CompressResult:
     state: VQState
     seconds: dict[str, float] = dc_field(default_factory=dict)
     info: dict[str, Any] = dc_field(default_factory=dict)
+    encode: Callable[[VQState, dict[str, Any]], bytes] | None = None
+
+    def reencode(self, extra_stats: dict[str, Any]) -> bytes:
+        """The same file with ``extra_stats`` (e.g. measured PSNR) added to its header."""
+        return self.encode(self.state, extra_stats)
 
 
 def codebook_sizes(cfg: CompressConfig, n_vq: int) -> dict[str, int]:
@@ -109,9 +114,9 @@ def compress_model(
     start = time.perf_counter()
     precision = Precision.from_config(cfg)
 
-    def encode(st: VQState) -> bytes:
+    def encode(st: VQState, extra: dict[str, Any] | None = None) -> bytes:
         stats = {"tiers": st.counts(),
-                 "codebooks": [{k: int(c.codebooks[k].shape[0]) for k in KINDS} for c in st.planes]}
+                 "codebooks": [{k: int(c.codebooks[k].shape[0]) for k in KINDS} for c in st.planes], **(extra or {})}
         return encode_field(field, st, model.occupancy, model.preset, model.scene, precision, stats)
 
     if budget is not None:
@@ -123,7 +128,7 @@ def compress_model(
     info.update(decoded.extra["compressed"]["stats"])
     if on_stage:
         on_stage("packed", decoded.field, state)
-    return CompressResult(data, decoded, state, seconds, info)
+    return CompressResult(data, decoded, state, seconds, info, encode)
 
 
 def compress_scene(
