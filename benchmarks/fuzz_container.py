@@ -56,11 +56,11 @@ def realistic_sections(rng: np.random.Generator) -> tuple[dict[str, np.ndarray],
 
 def split(data: bytes) -> tuple[dict, bytes]:
     n = struct.unpack_from("<I", data, len(MAGIC) + 2)[0]
-    return json.loads(data[TABLE_AT:TABLE_AT + n]), data[TABLE_AT + n + 4:]
+    return json.loads(zlib.decompress(data[TABLE_AT:TABLE_AT + n])), data[TABLE_AT + n + 4:]
 
 
 def assemble(table: object, payloads: bytes) -> bytes:
-    raw = json.dumps(table).encode()
+    raw = zlib.compress(json.dumps(table).encode())
     return MAGIC + struct.pack("<HI", VERSION, len(raw)) + raw + struct.pack("<I", zlib.crc32(raw)) + payloads
 
 
@@ -133,13 +133,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000, help="mutated copies to decode")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--file", default=None,
+                    help="fuzz this real .vqrf through the whole field decoder (decode_field) instead of a "
+                         "synthetic container through decode_container")
+    ap.add_argument("--name", default="fuzz_container")
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
-    sections, coders = realistic_sections(rng)
-    data = encode_container({"config": {"grid": [160, 160, 160], "codebook": 512}}, sections, coders)
+    if args.file:
+        from vqrf.compress.codec import decode_field
+
+        data, decode = open(args.file, "rb").read(), decode_field
+    else:
+        sections, coders = realistic_sections(rng)
+        data = encode_container({"config": {"grid": [160, 160, 160], "codebook": 512}}, sections, coders)
+        decode = decode_container
     start = time.perf_counter()
-    decode_container(data, "clean.vqrf")
+    decode(data, "clean.vqrf")
     clean_ms = 1e3 * (time.perf_counter() - start)
 
     outcomes: Counter[str] = Counter()
@@ -152,7 +162,7 @@ def main() -> None:
         bad = MUTATIONS[mode](data, rng)
         start = time.perf_counter()
         try:
-            decode_container(bad, "fuzz.vqrf")
+            decode(bad, "fuzz.vqrf")
             outcomes[f"{mode}: decoded"] += 1
         except VqrfError as err:
             outcomes[f"{mode}: VqrfError"] += 1
@@ -166,7 +176,7 @@ def main() -> None:
     n_fail = sum(v for k, v in outcomes.items() if k.endswith("other exception"))
     n_ok = sum(v for k, v in outcomes.items() if k.endswith("decoded"))
     result = {
-        "n": args.n, "seed": args.seed, "container_bytes": len(data),
+        "n": args.n, "seed": args.seed, "file": args.file, "decoder": decode.__name__, "container_bytes": len(data),
         "sections": section_sizes(data, "clean.vqrf"),
         "clean_decode_ms": round(clean_ms, 2),
         "outcomes": dict(sorted(outcomes.items())),
@@ -176,13 +186,14 @@ def main() -> None:
                       "max": round(1e3 * times.max(), 3)},
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
-    path = write_result("fuzz_container", result)
+    path = write_result(args.name, result)
     add_doc_row(
         "Container fuzzing (decoding mutated .vqrf bytes)",
-        "| date | command | container bytes | copies | decoded | VqrfError | other exceptions | ms/decode mean / max | peak MB |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| date | command | decoder | container bytes | copies | decoded | VqrfError | other exceptions | ms/decode mean / max | peak MB |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| {time.strftime('%Y-%m-%d')} | `{path.name}`: `python benchmarks/fuzz_container.py --n {args.n} "
-        f"--seed {args.seed}` | {len(data):,} | {args.n:,} | {n_ok:,} | {args.n - n_ok - n_fail:,} | {n_fail} | "
+        f"--seed {args.seed}{' --file ' + args.file if args.file else ''}"
+        f"{' --name ' + args.name if args.name != 'fuzz_container' else ''}` | {decode.__name__} | {len(data):,} | {args.n:,} | {n_ok:,} | {args.n - n_ok - n_fail:,} | {n_fail} | "
         f"{result['decode_ms']['mean']:.2f} / {result['decode_ms']['max']:.1f} | {result['peak_rss_mb']:.0f} |",
     )
     print(json.dumps({k: v for k, v in result.items() if k != "sections"}, indent=2))

@@ -280,3 +280,27 @@ def test_cli_compress_info_eval_on_real_lego(lego_dir, tmp_path, capsys):
             assert main(verb) == 2
             err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
             assert len(err) == 1 and "bad.vqrf" in err[0], err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--keep", "1.5"], "--keep"), (["--codebook-size", "100000"], "--codebook-size"),
+    (["--target-size", "lots"], "--target-size"), (["--sync-every", "0"], "--sync-every"),
+])
+def test_cli_compress_refuses_bad_flags(capsys, tmp_path, demo_model, flags, message):
+    code = main(["compress", str(demo_model), "--data", str(tmp_path), "-o", str(tmp_path / "x.vqrf"), *flags])
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "x.vqrf").exists()
+
+
+def test_cli_compress_refuses_a_compressed_input(capsys, tmp_path, small_file):
+    path = tmp_path / "in.vqrf"
+    path.write_bytes(small_file)
+    assert main(["compress", str(path), "--data", str(tmp_path), "-o", str(tmp_path / "out.vqrf")]) == 2
+    assert "already compressed" in capsys.readouterr().err
+
+
+def test_keeping_everything_still_prunes():
+    imp = torch.tensor([[5.0, 3.0], [1e-9, 0.0]])
+    keep, vq = cdf_split(imp, 1.0, 0.99)
+    assert keep.tolist() == [[True, True], [False, False]] and not vq.any()

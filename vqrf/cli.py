@@ -116,6 +116,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
             setattr(cfg, name, getattr(args, name))
     if args.precision is not None:
         cfg.codebook_precision = cfg.line_precision = cfg.network_precision = args.precision
+    if not 1 <= cfg.codebook_size <= 65536:
+        raise VqrfError(None, f"--codebook-size must be between 1 and 65536, got {cfg.codebook_size}")
+    if cfg.sync_every < 1 or (cfg.finetune_iters is not None and cfg.finetune_iters < 0):
+        raise VqrfError(None, "--sync-every must be >= 1 and --finetune-iters >= 0")
     for name in ("keep", "non_prune"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise VqrfError(None, f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(cfg, name)}")
@@ -147,7 +151,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
             ("time", ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))]
     if "rate" in result.info:
         r = result.info["rate"]
-        rows.insert(1, ("chose", f"keep {r['keep']:.3f}, {r['codebook_size']} codes, int8 codebooks/lines/network"
+        prec = r["precision"]
+        rows.insert(1, ("chose", f"keep {r['keep']:.3f}, {r['codebook_size']} codes, codebooks {prec['codebooks']} "
+                                 f"({prec['codebook_levels']} levels), lines {prec['lines']}, MLP {prec['network']}"
                                  + (f", {r['demoted']} kept texels moved to codes to fit" if r["demoted"] else "")))
     print(_table(rows))
     print(f"next: vqrf eval {out} --data {args.data}")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import asdict, dataclass, field as dc_field
 from pathlib import Path
-from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable
 
 import torch
@@ -92,7 +92,7 @@ def compress_model(
         plan = plan_for_budget(model, pool, importance, cfg, budget, progress)
         cfg = plan.cfg
         info["rate"] = {"budget": budget, "keep": cfg.keep, "codebook_size": cfg.codebook_size,
-                        "precision": "int8", "candidates": plan.candidates}
+                        "precision": asdict(Precision.from_config(cfg)), "candidates": plan.candidates}
         seconds["rate_control"] = time.perf_counter() - start
 
     start = time.perf_counter()

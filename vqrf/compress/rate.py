@@ -31,6 +31,9 @@ CANDIDATE_SIZES = (4096, 2048, 1024, 512, 256, 128, 64, 32, 16)
 SEARCH_KMEANS_ITERS = 20
 PROBE_RAYS = 1 << 15
 AIM = 0.975  # of the budget, leaving room for fine-tuning's small changes in entropy
+# When even keep 0.99 fits, the spare bytes buy precision, cheapest quality first.
+UPGRADES = ({"keep": 1.0}, {"codebook_levels": 256}, {"network_precision": "fp16"}, {"line_precision": "fp16"},
+            {"keep_steps_per_std": 31.0}, {"keep_steps_per_std": 63.0}, {"codebook_precision": "fp16"})
 
 
 def parse_size(text: str) -> int:
@@ -93,7 +96,6 @@ def plan_for_budget(
     """Pick the configuration with the lowest probe error whose file is predicted to fit ``AIM * budget`` bytes."""
     field = model.field
     base = replace(cfg, codebook_precision="int8", line_precision="int8", network_precision="int8", codebook_levels=32)
-    precision = Precision.from_config(base)
     generator = torch.Generator().manual_seed(cfg.seed)
     probe_idx = pool.valid[torch.randperm(len(pool.valid), generator=generator)[:PROBE_RAYS]]
     rays = pool.rays(probe_idx)
@@ -103,7 +105,7 @@ def plan_for_budget(
     n_unpruned = min(int(m.sum()) for m in unpruned)
     sizes = [k for k in CANDIDATE_SIZES if k <= max(cfg.codebook_size, CANDIDATE_SIZES[-1])
              and k <= max(n_unpruned // max(cfg.members_per_code, 1), CANDIDATE_SIZES[-1])]
-    candidates, best, worse = [], None, 0
+    candidates, best, worse, best_size_at = [], None, 0, None
     for k in tqdm(sizes, disable=not progress, desc="rate control", unit="size", dynamic_ncols=True):
         books = []
         for i, mask in enumerate(unpruned):
@@ -115,7 +117,7 @@ def plan_for_budget(
                 per_kind[kind] = fit_codebook(members, w, k, cfg.seed + i, SEARCH_KMEANS_ITERS)[0]
             books.append(per_kind)
 
-        def size_at(keep: float) -> int:
+        def size_at(keep: float, precision: Precision = Precision.from_config(base), books=books) -> int:
             state = _state_for(field, importance, books, keep, cfg.non_prune)
             return len(encode_field(field, state, model.occupancy, model.preset, model.scene, precision))
 
@@ -134,7 +136,7 @@ def plan_for_budget(
                "probe_mse": _probe_mse(model, state, rays)}
         candidates.append(row)
         if best is None or row["probe_mse"] < best["probe_mse"]:
-            best, worse = row, 0
+            best, worse, best_size_at = row, 0, size_at
         else:
             worse += 1
             if worse == 2:  # error grows steadily as codebooks shrink past the best size
@@ -145,7 +147,16 @@ def plan_for_budget(
                               f"(about {smallest:,} bytes with {candidates[-1]['codebook_size']}-code books, "
                               f"nothing kept)")
     chosen = replace(base, keep=best["keep"], codebook_size=best["codebook_size"], members_per_code=1)
-    return RatePlan(chosen, best["bytes"], candidates)
+    predicted = best["bytes"]
+    if best["keep"] >= 0.99:  # everything that matters is kept and bytes are left: spend them on precision
+        for change in UPGRADES:
+            trial = replace(chosen, **change)
+            size = best_size_at(trial.keep, Precision.from_config(trial))
+            if size <= goal:
+                chosen, predicted = trial, size
+                candidates.append({"codebook_size": chosen.codebook_size, "keep": chosen.keep, "bytes": size,
+                                   "fits": True, "upgrade": change})
+    return RatePlan(chosen, predicted, candidates)
 
 
 def fit_budget(model: LoadedModel, state: VQState, encode, budget: int) -> tuple[bytes, int]:
@@ -168,15 +179,17 @@ def fit_budget(model: LoadedModel, state: VQState, encode, budget: int) -> tuple
             state.planes[i].keep.view(-1)[t] = False
             state.planes[i].vq.view(-1)[t] = True
         for i, code in enumerate(state.planes):
-            moved = code.vq.flatten() & original[i].keep.flatten()
+            device = code.codebooks["density"].device
+            vq, was_vq = code.vq.flatten().to(device), original[i].vq.flatten().to(device)
+            moved = vq & original[i].keep.flatten().to(device)
             for kind in KINDS:
                 plane = plane_tensor(field, kind, i).detach()
                 flat = plane.reshape(-1, plane.shape[-1])
                 book = code.codebooks[kind]
-                full = torch.full((flat.shape[0],), -1, dtype=torch.long, device=book.device)
-                full[original[i].vq.flatten()] = original[i].indices[kind]
-                full[moved] = assign(flat[moved.to(flat.device)], book)
-                code.indices[kind] = full[code.vq.flatten()]
+                full = torch.full((flat.shape[0],), -1, dtype=torch.long, device=device)
+                full[was_vq] = original[i].indices[kind]
+                full[moved] = assign(flat[moved], book)
+                code.indices[kind] = full[vq]
 
     low, high = 0, len(kept)
     while low < high:  # smallest n that fits

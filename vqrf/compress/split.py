@@ -29,8 +29,8 @@ def cdf_split(importance: torch.Tensor, keep: float, non_prune: float) -> tuple[
     keep: the most important texels carrying ``keep`` of the total importance, stored exactly (int8).
     vq: the next ones, up to ``non_prune`` of the total, replaced by a code. The rest are pruned (zero).
     """
-    keep_mask = importance >= cdf_threshold(importance, keep)
     non_pruned = importance >= cdf_threshold(importance, non_prune)
+    keep_mask = (importance >= cdf_threshold(importance, keep)) & non_pruned
     if keep <= 0.0:
         keep_mask = torch.zeros_like(keep_mask)
     return keep_mask, non_pruned & ~keep_mask
