@@ -23,6 +23,7 @@ def data_root() -> Path:
     root = os.environ.get("VQRF_DATA") or str(ROOT.parent / "shared" / "data")
     if not Path(root).is_dir():
         sys.exit(f"benchmark: data folder {root} not found; set VQRF_DATA")
+    os.environ.setdefault("VQRF_DATA", root)  # LPIPS finds its weights there
     return Path(root)
 
 

@@ -66,7 +66,12 @@ def main() -> None:
                     help="for the budgeted runs: on lego-cpu, pruning at the reference's 0.999 costs 1.3 dB before "
                          "fine-tuning (0.03 dB at 0.9999) for ~15 KB of indices saved")
     ap.add_argument("--name", default="lego_cpu_compress")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the plot from the saved JSON and stop")
     args = ap.parse_args()
+    if args.plot_only:
+        saved = json.loads((ROOT / "benchmarks" / "results" / f"{args.name}.json").read_text())
+        _plot(saved["rate_distortion"], saved["psnr_original"], ROOT / saved["plot"])
+        return
 
     data = data_root()
     lego = data / "nerf_synthetic" / "lego"
@@ -214,20 +219,23 @@ def main() -> None:
 
 def _plot(curve: list[dict], original_psnr: float, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot([p["bytes"] / 1e3 for p in curve], [p["psnr"] for p in curve], "o-", label="vqrf (--target-size)")
-    ax.plot([REFERENCE["bytes"] / 1e3], [REFERENCE["psnr"]], "s", label="reference VQ-TensoRF (zip)")
+    ax.plot([REFERENCE["bytes"] / 1e3], [REFERENCE["psnr"]], "s", label="reference VQ-TensoRF (zip; its own 1000-it, 30.69 dB model)")
     ax.axhline(original_psnr, color="gray", ls="--", lw=1, label="uncompressed model")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}" if v in (300, 500) else ""))
     ax.set_xlabel("file size (KB, 1000 bytes)")
     ax.set_ylabel("PSNR on 25 lego test views (dB)")
     ax.set_title("lego-cpu: rate-distortion")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
 
