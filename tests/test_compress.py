@@ -304,3 +304,31 @@ def test_keeping_everything_still_prunes():
     imp = torch.tensor([[5.0, 3.0], [1e-9, 0.0]])
     keep, vq = cdf_split(imp, 1.0, 0.99)
     assert keep.tolist() == [[True, True], [False, False]] and not vq.any()
+
+
+def test_fit_budget_moves_the_least_important_kept_texels_to_codes(demo_model, demo_importance):
+    from vqrf.compress.rate import fit_budget
+
+    model = load_model(demo_model)
+    state = build_vq(model.field, demo_importance, 0.6, 0.99, lambda n: {k: 32 for k in KINDS}, progress=False)
+    state.apply(model.field)
+    before = [c.keep.clone() for c in state.planes]
+
+    def encode(st):
+        return encode_field(model.field, st, model.occupancy, model.preset, model.scene)
+
+    budget = len(encode(state)) - 3000
+    data, moved = fit_budget(model, state, encode, budget)
+    assert len(data) <= budget and moved > 0
+    assert sum(int((b & ~c.keep).sum()) for b, c in zip(before, state.planes)) == moved
+    for i, code in enumerate(state.planes):
+        assert not (code.keep & ~before[i]).any()  # nothing is promoted
+        assert not (code.keep & code.vq).any()
+        for kind in KINDS:
+            plane = plane_tensor(model.field, kind, i).detach().reshape(-1, code.codebooks[kind].shape[1])
+            assert code.indices[kind].numel() == int(code.vq.sum())
+            torch.testing.assert_close(plane[code.vq.flatten()], code.codebooks[kind][code.indices[kind]])
+    demoted_importance = max(float(demo_importance[i][b & ~c.keep].max()) for i, (b, c) in
+                             enumerate(zip(before, state.planes)) if (b & ~c.keep).any())
+    still_kept = min(float(demo_importance[i][c.keep].min()) for i, c in enumerate(state.planes) if c.keep.any())
+    assert demoted_importance <= still_kept

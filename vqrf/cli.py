@@ -221,7 +221,11 @@ def _info_compressed(path: Path) -> int:
             perplexity = float(np.exp(-(p * np.log(p)).sum())) if counts.sum() else 0.0
             parts.append(f"{kind} {used}/{size} used, perplexity {perplexity:.0f}")
         rows.append((f"codebooks {i}", "; ".join(parts)))
-    rows.append(("precision", ", ".join(f"{k} {v}" for k, v in meta["precision"].items() if isinstance(v, str))))
+    prec = meta["precision"]
+    rows.append(("precision", f"codebooks {prec.get('codebooks')}"
+                 + (f" ({prec.get('codebook_levels')} levels)" if prec.get("codebooks") == "int8" else "")
+                 + f", kept features int8 (std/{prec.get('keep_steps_per_std')}), lines {prec.get('lines')}, "
+                 f"MLP {prec.get('network')}"))
     if "psnr" in stats:
         rows.append(("recorded", f"PSNR {stats['psnr']:.2f} dB on {stats.get('views', '?')} {stats.get('split', 'test')} views"))
     rows.append(("sections", ""))
