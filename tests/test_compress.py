@@ -332,3 +332,31 @@ def test_fit_budget_moves_the_least_important_kept_texels_to_codes(demo_model, d
                              enumerate(zip(before, state.planes)) if (b & ~c.keep).any())
     still_kept = min(float(demo_importance[i][c.keep].min()) for i, c in enumerate(state.planes) if c.keep.any())
     assert demoted_importance <= still_kept
+
+
+def test_interrupted_compression_resumes_to_the_same_file(demo_model, demo_importance, tmp_path, monkeypatch):
+    import vqrf.compress.pipeline as pipeline
+
+    def pool():
+        return RayPool(make_demo_scene("train", n_views=20, size=32), torch.device("cpu"))
+
+    cfg = small_config(finetune_iters=30)
+    whole = compress_model(load_model(demo_model), pool(), cfg, demo_importance, progress=False)
+
+    checkpoint = tmp_path / "x.vqrf.partial.safetensors"
+    save = pipeline._save_progress
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_save_progress", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        compress_model(load_model(demo_model), pool(), cfg, demo_importance, progress=False, checkpoint=checkpoint,
+                       checkpoint_every=10)
+    monkeypatch.setattr(pipeline, "_save_progress", save)
+    assert checkpoint.is_file()
+    resumed = compress_model(load_model(demo_model), pool(), cfg, None, progress=False, checkpoint=checkpoint,
+                             checkpoint_every=10)
+    assert not checkpoint.exists()
+    assert resumed.data == whole.data  # byte for byte: optimiser, sampler and RNG continue exactly

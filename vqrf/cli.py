@@ -129,8 +129,18 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise VqrfError(scene.root, "this dataset's ray space (NDC or not) does not match the model's")
     print(f"vqrf compress: {args.model} with {len(scene)} training views of {scene.name} -> {out}"
           + (f" (budget {budget:,} bytes)" if budget else ""))
-    result = compress_scene(model, scene, cfg, Path(args.model), args.data, downscale, budget=budget,
-                            use_cache=not args.no_cache, progress=not args.quiet)
+    checkpoint = out.with_name(out.name + ".partial.safetensors")
+    if checkpoint.is_file() and not args.resume:
+        checkpoint.unlink()  # a stale run's progress: start over, as asked
+    try:
+        result = compress_scene(model, scene, cfg, Path(args.model), args.data, downscale, budget=budget,
+                                use_cache=not args.no_cache, progress=not args.quiet, checkpoint=checkpoint,
+                                checkpoint_every=args.checkpoint_every)
+    except KeyboardInterrupt:
+        if checkpoint.is_file():
+            print(f"vqrf compress: interrupted; the same command with --resume continues from {checkpoint}",
+                  file=sys.stderr)
+        raise
     data = result.data
     if args.eval_every:
         from vqrf.evaluate import evaluate
@@ -333,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0,
                    help="score the decoded file on every N-th test view and record PSNR in it (default: off)")
     p.add_argument("--no-cache", action="store_true", help="recompute importance even if MODEL.importance is cached")
+    p.add_argument("--checkpoint-every", type=int, default=200,
+                   help="save fine-tuning progress to OUT.partial.safetensors every N steps (default 200)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.partial.safetensors")
     common(p)
     p.set_defaults(run=cmd_compress)
 

@@ -7,6 +7,8 @@ of its texels. Pruned texels get no gradient, so they stay zero and never rejoin
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -17,9 +19,20 @@ from vqrf.fields.tensorf import TensorVM
 from vqrf.render.march import count_samples, ray_box
 from vqrf.render.occupancy import OccupancyGrid
 from vqrf.render.volume import RenderSettings, render_rays
-from vqrf.train import RayPool, _Sampler
+from vqrf.train import RayPool, _Sampler, _load_optimizer_tensors, _optimizer_tensors
 
-__all__ = ["finetune"]
+__all__ = ["FinetuneProgress", "finetune"]
+
+
+@dataclass
+class FinetuneProgress:
+    """Where an interrupted fine-tuning run stands: enough to continue it exactly."""
+
+    iteration: int
+    epoch: int
+    position: int
+    optimizer: dict[str, torch.Tensor]
+    rng: torch.Tensor
 
 
 def finetune(
@@ -34,10 +47,18 @@ def finetune(
     lr_scale: float = 0.25,
     decay_iters: int = 30000,
     progress: bool = True,
+    resume: FinetuneProgress | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[FinetuneProgress], None] | None = None,
 ) -> list[float]:
-    """Fine-tune ``field`` in place for ``iters`` steps, ending tied to ``state``; returns the per-step MSE."""
+    """Fine-tune ``field`` in place for ``iters`` steps, ending tied to ``state``; returns the per-step MSE.
+
+    With ``resume``, continues an interrupted run (``field`` and ``state`` as they were saved); every
+    ``checkpoint_every`` steps ``on_checkpoint`` receives the progress to save.
+    """
     cfg = preset.train
-    state.apply(field)
+    if resume is None:
+        state.apply(field)
     if iters <= 0:
         return []
     if not settings.ndc:  # rays through empty space have nothing to learn
@@ -45,16 +66,23 @@ def finetune(
             t0, t1 = ray_box(o, d, field.aabb, settings.near, settings.far)
             return count_samples(o, d, t0, t1, settings.step, occupancy, settings.max_samples) > 0
         pool.keep(hits)
-    sampler = _Sampler(len(pool.valid), cfg.seed + 1)
+    start = resume.iteration if resume else 0
+    sampler = _Sampler(len(pool.valid), cfg.seed + 1, *((resume.epoch, resume.position) if resume else (0, 0)))
+    decay = cfg.lr_decay_ratio ** (1.0 / decay_iters)
     opt = torch.optim.Adam(
-        [{"params": field.grid_parameters(), "lr": cfg.lr_grid * lr_scale},
-         {"params": field.network_parameters(), "lr": cfg.lr_net * lr_scale}],
+        [{"params": field.grid_parameters(), "lr": cfg.lr_grid * lr_scale * decay**start},
+         {"params": field.network_parameters(), "lr": cfg.lr_net * lr_scale * decay**start}],
         betas=(0.9, 0.99), fused=True,
     )
-    decay = cfg.lr_decay_ratio ** (1.0 / decay_iters)
+    if resume:
+        _load_optimizer_tensors(opt, resume.optimizer)
+        torch.set_rng_state(resume.rng)
+    else:
+        torch.manual_seed(cfg.seed + 1)  # jitter and backgrounds: the same run gives the same file
     handles = state.prune_gradients(field)
     losses = []
-    bar = tqdm(range(iters), disable=not progress, desc="fine-tune", unit="it", dynamic_ncols=True)
+    bar = tqdm(range(start, iters), initial=start, total=iters, disable=not progress, desc="fine-tune", unit="it",
+               dynamic_ncols=True)
     try:
         for it in bar:
             origins, directions, target = pool.rays(pool.valid[sampler.next(cfg.batch_rays)])
@@ -72,6 +100,9 @@ def finetune(
             losses.append(float(mse.detach()))
             if it % 10 == 0:
                 bar.set_postfix(psnr=f"{-10 * math.log10(max(losses[-1], 1e-10)):.2f}")
+            if on_checkpoint and checkpoint_every and (it + 1) % checkpoint_every == 0 and it + 1 < iters:
+                on_checkpoint(FinetuneProgress(it + 1, sampler.epoch, sampler.position, _optimizer_tensors(opt),
+                                               torch.get_rng_state()))
     finally:
         for h in handles:
             h.remove()

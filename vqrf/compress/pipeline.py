@@ -14,14 +14,15 @@ from typing import Any, Callable
 
 import torch
 
-from vqrf.checkpoint import LoadedModel
+from vqrf.checkpoint import LoadedModel, load_model, save_model
 from vqrf.compress.codec import Precision, decode_field, encode_field
-from vqrf.compress.finetune import finetune
+from vqrf.compress.finetune import FinetuneProgress, finetune
 from vqrf.compress.importance import cached_importance, plane_importance
 from vqrf.compress.rate import fit_budget, plan_for_budget
-from vqrf.compress.vq import KINDS, VQState, build_vq, plane_tensor
+from vqrf.compress.vq import KINDS, PlaneCode, VQState, build_vq, plane_tensor
 from vqrf.config import CompressConfig
 from vqrf.data.scene import Scene
+from vqrf.errors import VqrfError
 from vqrf.fields.tensorf import TensorVM
 from vqrf.train import RayPool
 
@@ -71,11 +72,17 @@ def compress_model(
     budget: int | None = None,
     progress: bool = True,
     on_stage: StageCallback | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 200,
 ) -> CompressResult:
     """Compress ``model`` (its field is modified in place by fine-tuning) into the bytes of a .vqrf file.
 
     With ``budget`` (bytes), rate control picks the keep fraction, codebook size and precision instead of ``cfg``'s.
+    With ``checkpoint``, fine-tuning saves its progress there every ``checkpoint_every`` steps, and a run finding
+    that file continues from it (the file is removed at the end).
     """
+    if checkpoint is not None and checkpoint.is_file():
+        return _resume(checkpoint, pool, progress, on_stage, checkpoint_every)
     seconds: dict[str, float] = {}
     info: dict[str, Any] = {}
     field, settings = model.field, model.render_settings()
@@ -104,9 +111,22 @@ def compress_model(
         state.apply(quantised)
         on_stage("vq", quantised, state)
 
-    start = time.perf_counter()
-    finetune(field, model.occupancy, state, pool, settings, model.preset, cfg.finetune_steps(model.preset),
-             cfg.sync_every, cfg.lr_scale, progress=progress)
+    return _finish(model, pool, cfg, state, budget, seconds, info, progress, on_stage, checkpoint, checkpoint_every)
+
+
+def _finish(model: LoadedModel, pool: RayPool, cfg: CompressConfig, state: VQState, budget: int | None,
+            seconds: dict[str, float], info: dict[str, Any], progress: bool, on_stage: StageCallback | None,
+            checkpoint: Path | None, checkpoint_every: int, resume: FinetuneProgress | None = None) -> CompressResult:
+    """Fine-tuning (from ``resume`` if given), then packing."""
+    field = model.field
+
+    def save(p: FinetuneProgress) -> None:
+        _save_progress(checkpoint, model, state, cfg, budget, {**seconds, "finetune": time.perf_counter() - start}, info, p)
+
+    start = time.perf_counter() - seconds.get("finetune", 0.0)
+    finetune(field, model.occupancy, state, pool, model.render_settings(), model.preset,
+             cfg.finetune_steps(model.preset), cfg.sync_every, cfg.lr_scale, progress=progress, resume=resume,
+             checkpoint_every=checkpoint_every if checkpoint else 0, on_checkpoint=save if checkpoint else None)
     seconds["finetune"] = time.perf_counter() - start
     if on_stage:
         on_stage("finetuned", field, state)
@@ -128,7 +148,54 @@ def compress_model(
     info.update(decoded.extra["compressed"]["stats"])
     if on_stage:
         on_stage("packed", decoded.field, state)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return CompressResult(data, decoded, state, seconds, info, encode)
+
+
+def _save_progress(path: Path, model: LoadedModel, state: VQState, cfg: CompressConfig, budget: int | None,
+                   seconds: dict[str, float], info: dict[str, Any], progress: FinetuneProgress) -> None:
+    """The field mid-fine-tuning, its VQ state and the optimiser, as one safetensors file (no pickle)."""
+    tensors = {f"optim.{k}": v for k, v in progress.optimizer.items()}
+    tensors["rng"] = progress.rng
+    for i, code in enumerate(state.planes):
+        tensors[f"vq.{i}.keep"] = code.keep.to(torch.uint8)
+        tensors[f"vq.{i}.vq"] = code.vq.to(torch.uint8)
+        tensors[f"vq.{i}.weights"] = state.weights[i].float()
+        for kind in KINDS:
+            tensors[f"vq.{i}.{kind}.codebook"] = code.codebooks[kind]
+            tensors[f"vq.{i}.{kind}.indices"] = code.indices[kind]
+    extra = {"compress": {"cfg": asdict(cfg), "budget": budget, "seconds": seconds, "info": info,
+                          "iteration": progress.iteration, "epoch": progress.epoch, "position": progress.position}}
+    save_model(path, model.field, model.occupancy, model.preset, model.scene, extra, tensors)
+
+
+def _resume(path: Path, pool: RayPool, progress: bool, on_stage: StageCallback | None,
+            checkpoint_every: int) -> CompressResult:
+    saved = load_model(path, pool.device)
+    meta = saved.extra.get("compress")
+    if meta is None:
+        raise VqrfError(path, "not a compression checkpoint")
+    try:
+        t = saved.tensors
+        planes = []
+        for i in range(3):
+            code = PlaneCode(t[f"vq.{i}.keep"].bool().cpu(), t[f"vq.{i}.vq"].bool().cpu())
+            for kind in KINDS:
+                code.codebooks[kind] = t[f"vq.{i}.{kind}.codebook"]
+                code.indices[kind] = t[f"vq.{i}.{kind}.indices"].long()
+            planes.append(code)
+        state = VQState(planes, [t[f"vq.{i}.weights"].cpu() for i in range(3)])
+        cfg = CompressConfig(**meta["cfg"])
+        resume = FinetuneProgress(meta["iteration"], meta["epoch"], meta["position"],
+                                  {k[len("optim."):]: v for k, v in t.items() if k.startswith("optim.")},
+                                  t["rng"].cpu().to(torch.uint8))
+    except (KeyError, TypeError) as e:
+        raise VqrfError(path, f"inconsistent compression checkpoint ({e})") from None
+    if progress:
+        print(f"compress: resuming fine-tuning at step {resume.iteration} from {path}")
+    return _finish(saved, pool, cfg, state, meta["budget"], dict(meta["seconds"]), dict(meta["info"]), progress,
+                   on_stage, path, checkpoint_every, resume)
 
 
 def compress_scene(
@@ -142,6 +209,8 @@ def compress_scene(
     use_cache: bool = True,
     progress: bool = True,
     on_stage: StageCallback | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 200,
 ) -> CompressResult:
     """:func:`compress_model` on every training ray of ``scene``, with importance cached next to ``model_path``."""
     pool = RayPool(scene, model.field.aabb.device)
@@ -150,8 +219,10 @@ def compress_scene(
     def compute() -> list[torch.Tensor]:
         return plane_importance(model.field, model.occupancy, pool, model.render_settings(), progress=progress)
 
+    if checkpoint is not None and checkpoint.is_file():
+        return compress_model(model, pool, cfg, None, budget, progress, on_stage, checkpoint, checkpoint_every)
     importance = cached_importance(model_path, data_path, downscale, compute, progress) if use_cache else compute()
     seconds = time.perf_counter() - start
-    result = compress_model(model, pool, cfg, importance, budget, progress, on_stage)
+    result = compress_model(model, pool, cfg, importance, budget, progress, on_stage, checkpoint, checkpoint_every)
     result.seconds["importance"] = seconds
     return result
