@@ -1,9 +1,9 @@
 """Codebooks: importance-weighted k-means (k-means++ seeding) and nearest-code assignment.
 
-The fit is scikit-learn's Lloyd k-means with sample weights: its k-means++ seeding reaches a 20-30% lower weighted
-distortion than faiss's random seeding on lego's planes for the same number of iterations, at 2 s for 1024 codes
-(benchmarked in docs/benchmarks.md). Empty clusters are re-seeded at the worst-fitted points during the fit (dead-code
-replacement); codes still unused at the end are dropped, so no byte is spent on them.
+The fit is scikit-learn's Lloyd k-means with sample weights. Its k-means++ seeding reaches a lower weighted
+distortion than faiss's random seeding for the same iteration cap, at a few seconds per plane
+(`benchmarks/kmeans_libs.py`, docs/benchmarks.md). Empty clusters are re-seeded at badly fitted points during the
+fit (dead-code replacement); codes still unused at the end are dropped, so no byte is spent on them.
 """
 
 from __future__ import annotations
