@@ -1,4 +1,4 @@
-"""The ``vqrf`` command: demo, train, compress, eval, info.
+"""The ``vqrf`` command: demo, train, compress, eval, render, info.
 
 Every verb is a thin wrapper over the library. Bad input ends with one line on stderr naming the file and the problem,
 and a non-zero exit code; outputs are never overwritten without ``--force``.
@@ -167,6 +167,43 @@ def cmd_compress(args: argparse.Namespace) -> int:
                                  + (f", {r['demoted']} kept texels moved to codes to fit" if r["demoted"] else "")))
     print(_table(rows))
     print(f"next: vqrf eval {out} --data {args.data}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from vqrf.data import load_scene
+    from vqrf.models import open_model
+    from vqrf.render.paths import orbit_path, resized
+    from vqrf.video import write_video
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".mp4":
+        raise VqrfError(out, "the output must be an .mp4 file")
+    depth_out = out.with_name(out.stem + "_depth" + out.suffix)
+    for path in (out, depth_out):
+        _refuse_overwrite(path, args.force)
+    size = None
+    if args.resolution:
+        try:
+            size = tuple(int(v) for v in args.resolution.lower().split("x"))
+            assert len(size) == 2 and min(size) > 0
+        except (ValueError, AssertionError):
+            raise VqrfError(None, f"--resolution must look like 800x600, got {args.resolution!r}") from None
+    model = open_model(args.model, _device(args.device))
+    downscale = model.preset.downscale if args.downscale is None else args.downscale
+    if args.path == "test":
+        scene = load_scene(args.data, split="test", downscale=downscale, kind=args.kind)
+        c2w = scene.cameras.c2w[:: args.every]
+    else:
+        scene = load_scene(args.data, split="train", downscale=downscale, kind=args.kind)
+        if scene.ndc:
+            raise VqrfError(scene.root, "an orbit needs a bounded (360-degree) scene; forward-facing scenes get "
+                                        "--path test")
+        c2w = orbit_path(scene.cameras, args.frames)
+    cameras = resized(scene.cameras, c2w, *(size or (None, None)))
+    print(f"vqrf render: {args.path} path, {len(cameras)} frames at {cameras.width}x{cameras.height}, {args.fps} fps")
+    paths = write_video(model, cameras, out, args.fps, progress=not args.quiet)
+    print("\n".join(f"wrote {p}" for p in paths))
     return 0
 
 
@@ -359,6 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     common(p)
     p.set_defaults(run=cmd_eval)
+
+    p = verbs.add_parser("render", help="render a camera path to an mp4 (and a depth mp4 beside it)")
+    p.add_argument("model", help="model file (.safetensors or .vqrf)")
+    dataset(p)
+    p.add_argument("--path", choices=("test", "orbit"), default="orbit",
+                   help="the dataset's test views, or a 360-degree orbit at the cameras' radius and elevation")
+    p.add_argument("--frames", type=int, default=120, help="frames of an orbit (default 120)")
+    p.add_argument("--every", type=int, default=1, help="test path: every N-th view")
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--resolution", default=None, help="WxH (default: the dataset's at the model's downscale)")
+    p.add_argument("-o", "--out", required=True, help="the .mp4 to write; the depth video goes to <name>_depth.mp4")
+    common(p)
+    p.set_defaults(run=cmd_render)
 
     p = verbs.add_parser("info", help="describe a model file (sections, tiers, codebooks of a .vqrf)")
     p.add_argument("model", help="model file (.safetensors or .vqrf)")

@@ -1,0 +1,54 @@
+"""Camera paths for videos: a dataset's own test views, or a 360-degree orbit around a bounded scene."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vqrf.data.scene import Cameras
+
+__all__ = ["look_at", "orbit_path", "resized"]
+
+
+def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Camera-to-world [3, 4] (OpenGL: x right, y up, looking along -z) at ``eye`` looking at ``target``."""
+    back = eye - target
+    back = back / back.norm()
+    right = torch.linalg.cross(up, back)
+    right = right / right.norm()
+    true_up = torch.linalg.cross(back, right)
+    return torch.stack([right, true_up, back, eye], dim=1)
+
+
+def orbit_path(cameras: Cameras, n_frames: int) -> torch.Tensor:
+    """[n_frames, 3, 4]: a full circle about the world z axis at the cameras' mean radius and elevation.
+
+    Blender, NSVF and T&T scenes are centred at the origin with z up, as their cameras' orbit shows.
+    """
+    positions = cameras.c2w[:, :, 3]
+    radius = float(positions.norm(dim=-1).mean())
+    elevation = float(torch.asin((positions[:, 2] / positions.norm(dim=-1)).clamp(-1, 1)).mean())
+    start = math.atan2(float(positions[0, 1]), float(positions[0, 0]))
+    up = torch.tensor([0.0, 0.0, 1.0])
+    out = []
+    for k in range(n_frames):
+        angle = start + 2 * math.pi * k / n_frames
+        eye = radius * torch.tensor([math.cos(elevation) * math.cos(angle), math.cos(elevation) * math.sin(angle),
+                                     math.sin(elevation)])
+        out.append(look_at(eye, torch.zeros(3), up))
+    return torch.stack(out)
+
+
+def resized(cameras: Cameras, c2w: torch.Tensor, width: int | None = None, height: int | None = None) -> Cameras:
+    """Cameras along ``c2w`` [N, 3, 4] with the intrinsics of ``cameras``' first view, optionally rescaled."""
+    width = width or cameras.width
+    height = height or cameras.height
+    sx, sy = width / cameras.width, height / cameras.height
+    n = c2w.shape[0]
+
+    def rep(v: torch.Tensor, s: float) -> torch.Tensor:
+        return torch.full((n,), float(v[0]) * s)
+
+    return Cameras(c2w.float(), rep(cameras.fx, sx), rep(cameras.fy, sy), rep(cameras.cx, sx), rep(cameras.cy, sy),
+                   width, height)
