@@ -14,7 +14,7 @@ from vqrf.checkpoint import load_model
 from vqrf.cli import main
 from vqrf.config import demo_preset
 from vqrf.data.synthetic import make_demo_scene
-from vqrf.render.paths import look_at, orbit_path, resized
+from vqrf.render.paths import look_at, orbit_path, resized, spiral_path
 from vqrf.train import train
 from vqrf.video import render_frame, write_video
 
@@ -79,3 +79,28 @@ def test_render_cli_and_its_bad_input(tiny_model, lego_dir, tmp_path, capsys):
         assert len(err) == 1 and message in err[0], err
     assert main([*args, "--path", "test", "--every", "100", "-o", str(tmp_path / "t.mp4")]) == 0
     assert imageio_ffmpeg.count_frames_and_secs(str(tmp_path / "t.mp4"))[0] == 2
+
+
+def test_spiral_stays_in_front_of_fern(fern_dir):
+    from vqrf.data import load_scene
+
+    scene = load_scene(fern_dir, "train", downscale=8)
+    near, far = scene.depth_bounds
+    assert 0 < near < far
+    path = spiral_path(scene.cameras, scene.depth_bounds, 40)
+    positions, spread = path[:, :, 3], scene.cameras.c2w[:, :, 3].abs().quantile(0.9, dim=0)
+    assert (positions - scene.cameras.c2w[:, :, 3].mean(0)).abs().le(spread + 1e-5).all()
+    assert (path[:, 2, 2] > 0.9).all()  # back axis ~ +z: every frame looks forward (-z), like the captured views
+    torch.testing.assert_close(path[:, :3, :3].transpose(1, 2) @ path[:, :3, :3], torch.eye(3).expand(40, 3, 3),
+                               atol=1e-5, rtol=0)
+
+
+def test_render_cli_rounds_odd_sizes_for_h264(tiny_model, lego_dir, tmp_path, capsys):
+    out = tmp_path / "odd.mp4"
+    assert main(["render", str(tiny_model), "--data", str(lego_dir), "--frames", "2", "--resolution", "33x25",
+                 "--quiet", "-o", str(out)]) == 0
+    reader = imageio_ffmpeg.read_frames(str(out))
+    assert tuple(next(reader)["size"]) == (32, 24)
+    assert main(["render", str(tiny_model), "--data", str(lego_dir), "--path", "spiral", "-o",
+                 str(tmp_path / "s.mp4")]) == 2
+    assert "forward-facing" in capsys.readouterr().err

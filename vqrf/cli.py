@@ -173,7 +173,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from vqrf.data import load_scene
     from vqrf.models import open_model
-    from vqrf.render.paths import orbit_path, resized
+    from vqrf.render.paths import orbit_path, resized, spiral_path
     from vqrf.video import write_video
 
     out = Path(args.out)
@@ -196,11 +196,15 @@ def cmd_render(args: argparse.Namespace) -> int:
         c2w = scene.cameras.c2w[:: args.every]
     else:
         scene = load_scene(args.data, split="train", downscale=downscale, kind=args.kind)
-        if scene.ndc:
+        if args.path == "orbit" and scene.ndc:
             raise VqrfError(scene.root, "an orbit needs a bounded (360-degree) scene; forward-facing scenes get "
-                                        "--path test")
-        c2w = orbit_path(scene.cameras, args.frames)
-    cameras = resized(scene.cameras, c2w, *(size or (None, None)))
+                                        "--path spiral")
+        if args.path == "spiral" and scene.depth_bounds is None:
+            raise VqrfError(scene.root, "a spiral needs a forward-facing (LLFF) scene; bounded scenes get --path orbit")
+        c2w = (orbit_path(scene.cameras, args.frames) if args.path == "orbit"
+               else spiral_path(scene.cameras, scene.depth_bounds, args.frames))
+    width, height = size or (scene.cameras.width, scene.cameras.height)
+    cameras = resized(scene.cameras, c2w, width - width % 2, height - height % 2)  # H.264 (yuv420p) needs even sizes
     print(f"vqrf render: {args.path} path, {len(cameras)} frames at {cameras.width}x{cameras.height}, {args.fps} fps")
     paths = write_video(model, cameras, out, args.fps, progress=not args.quiet)
     print("\n".join(f"wrote {p}" for p in paths))
@@ -400,9 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("render", help="render a camera path to an mp4 (and a depth mp4 beside it)")
     p.add_argument("model", help="model file (.safetensors or .vqrf)")
     dataset(p)
-    p.add_argument("--path", choices=("test", "orbit"), default="orbit",
-                   help="the dataset's test views, or a 360-degree orbit at the cameras' radius and elevation")
-    p.add_argument("--frames", type=int, default=120, help="frames of an orbit (default 120)")
+    p.add_argument("--path", choices=("test", "orbit", "spiral"), default="orbit",
+                   help="the dataset's test views; a 360-degree orbit at the cameras' radius and elevation "
+                        "(Blender, NSVF, T&T); or the LLFF forward-facing spiral")
+    p.add_argument("--frames", type=int, default=120, help="frames of an orbit or spiral (default 120)")
     p.add_argument("--every", type=int, default=1, help="test path: every N-th view")
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--resolution", default=None, help="WxH (default: the dataset's at the model's downscale)")

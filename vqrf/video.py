@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from vqrf.checkpoint import LoadedModel
 from vqrf.data.scene import Cameras
+from vqrf.errors import VqrfError
 from vqrf.render.rays import camera_rays, ndc_rays
 from vqrf.render.volume import render_image
 
@@ -48,10 +49,15 @@ def write_video(model: LoadedModel, cameras: Cameras, out: Path, fps: int = 30, 
             rgb, depth = render_frame(model, cameras, i)
             writers[0].append_data(rgb)
             writers[1].append_data(np.repeat(depth[..., None], 3, axis=-1))
-    except BaseException:
+    except BaseException as e:
         for w, t in zip(writers, temps):
-            w.close()
+            try:
+                w.close()
+            except OSError:
+                pass  # ffmpeg already failed; its message is the one worth showing
             t.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise VqrfError(out, f"ffmpeg could not write the video ({str(e).splitlines()[0]})") from None
         raise
     for w in writers:
         w.close()

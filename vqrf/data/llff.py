@@ -69,6 +69,7 @@ def load_llff(root: str | Path, split: str = "train", downscale: float = 1.0) ->
         ndc=True,
         ndc_focal=float(fx),
         downscale=downscale,
+        depth_bounds=(float(bounds.min() / scale), float(bounds.max() / scale)),
     )
 
 

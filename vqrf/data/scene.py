@@ -51,6 +51,7 @@ class Scene:
     ndc: bool = False
     ndc_focal: float = 0.0  # focal length in pixels at this downscale, used by the NDC ray transform
     downscale: float = 1.0
+    depth_bounds: tuple[float, float] | None = None  # forward-facing scenes: nearest and farthest content depth
     _cache: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:

@@ -1,4 +1,4 @@
-"""Camera paths for videos: a dataset's own test views, or a 360-degree orbit around a bounded scene."""
+"""Camera paths for videos: a 360-degree orbit around a bounded scene, or the LLFF spiral of a forward-facing one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from vqrf.data.scene import Cameras
 
-__all__ = ["look_at", "orbit_path", "resized"]
+__all__ = ["look_at", "orbit_path", "spiral_path", "resized"]
 
 
 def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -37,6 +37,26 @@ def orbit_path(cameras: Cameras, n_frames: int) -> torch.Tensor:
         eye = radius * torch.tensor([math.cos(elevation) * math.cos(angle), math.cos(elevation) * math.sin(angle),
                                      math.sin(elevation)])
         out.append(look_at(eye, torch.zeros(3), up))
+    return torch.stack(out)
+
+
+def spiral_path(cameras: Cameras, depth_bounds: tuple[float, float], n_frames: int, rotations: float = 2.0,
+                z_rate: float = 0.5) -> torch.Tensor:
+    """[n_frames, 3, 4]: the LLFF spiral in front of forward-facing cameras (already recentred, so their mean pose is
+    the identity), looking at a focus depth between the nearest and farthest content, as in the LLFF/NeRF code."""
+    positions = cameras.c2w[:, :, 3]
+    radii = positions.abs().quantile(0.9, dim=0)
+    up = cameras.c2w[:, :, 1].mean(0)
+    up = up / up.norm()
+    close, far = 0.9 * depth_bounds[0], 5.0 * depth_bounds[1]
+    focus = 1.0 / (0.25 / close + 0.75 / far)  # weighted towards the near content
+    centre = positions.mean(0)
+    target = centre + torch.tensor([0.0, 0.0, -focus])  # the mean pose looks along -z
+    out = []
+    for k in range(n_frames):
+        theta = 2 * math.pi * rotations * k / n_frames
+        offset = torch.tensor([math.cos(theta), -math.sin(theta), -math.sin(theta * z_rate)]) * radii
+        out.append(look_at(centre + offset, target, up))
     return torch.stack(out)
 
 
