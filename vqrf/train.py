@@ -16,10 +16,10 @@ from vqrf.config import Preset
 from vqrf.data.scene import Scene
 from vqrf.errors import VqrfError
 from vqrf.fields.tensorf import TensorVM, grid_schedule, voxels_to_grid
-from vqrf.render.march import count_samples, ray_box
+from vqrf.render.march import ray_box
 from vqrf.render.occupancy import OccupancyGrid, build_occupancy
 from vqrf.render.rays import camera_rays_at, ndc_rays
-from vqrf.render.volume import RenderSettings, render_rays
+from vqrf.render.volume import RenderSettings, hits_occupied, render_rays
 
 __all__ = ["RayPool", "TrainResult", "train", "scene_info"]
 
@@ -162,9 +162,7 @@ class _Trainer:
         return t_out > t_in
 
     def _hits_occupied(self, origins: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-        s = self.settings()
-        t_in, t_out = ray_box(origins, directions, self.field.aabb, s.near, s.far)
-        return count_samples(origins, directions, t_in, t_out, s.step, self.occupancy, s.max_samples) > 0
+        return hits_occupied(self.field, self.occupancy, origins, directions, self.settings())
 
     def settings(self) -> RenderSettings:
         return RenderSettings.for_field(self.field, self.scene.near, self.scene.far, self.scene.ndc,

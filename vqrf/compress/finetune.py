@@ -16,9 +16,8 @@ from tqdm import tqdm
 from vqrf.compress.vq import VQState
 from vqrf.config import Preset
 from vqrf.fields.tensorf import TensorVM
-from vqrf.render.march import count_samples, ray_box
 from vqrf.render.occupancy import OccupancyGrid
-from vqrf.render.volume import RenderSettings, render_rays
+from vqrf.render.volume import RenderSettings, hits_occupied, render_rays
 from vqrf.train import RayPool, _Sampler, _load_optimizer_tensors, _optimizer_tensors
 
 __all__ = ["FinetuneProgress", "finetune"]
@@ -62,10 +61,7 @@ def finetune(
     if iters <= 0:
         return []
     if not settings.ndc:  # rays through empty space have nothing to learn
-        def hits(o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-            t0, t1 = ray_box(o, d, field.aabb, settings.near, settings.far)
-            return count_samples(o, d, t0, t1, settings.step, occupancy, settings.max_samples) > 0
-        pool.keep(hits)
+        pool.keep(lambda o, d: hits_occupied(field, occupancy, o, d, settings))
     start = resume.iteration if resume else 0
     sampler = _Sampler(len(pool.valid), cfg.seed + 1, *((resume.epoch, resume.position) if resume else (0, 0)))
     decay = cfg.lr_decay_ratio ** (1.0 / decay_iters)

@@ -69,10 +69,10 @@ def plane_importance(
         samples = sample_weights(field, occupancy, origins, directions, settings)
         if samples.weights.numel() == 0:
             continue
-        coords = field.normalize(samples.xyz)
+        coords = field.normalize(samples.xyz).double()
         weights = samples.weights.double()
         for target, (a, b) in zip(maps, MAT_MODE):
-            splat_bilinear(target, coords[:, a].double(), coords[:, b].double(), weights)
+            splat_bilinear(target, coords[:, a], coords[:, b], weights)
     return maps
 
 

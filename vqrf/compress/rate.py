@@ -121,18 +121,23 @@ def plan_for_budget(
             state = _state_for(field, importance, books, keep, cfg.non_prune)
             return len(encode_field(field, state, model.occupancy, model.preset, model.scene, precision))
 
-        if size_at(0.0) > goal:
-            candidates.append({"codebook_size": k, "keep": 0.0, "bytes": size_at(0.0), "fits": False})
+        low, low_size = 0.0, size_at(0.0)
+        if low_size > goal:
+            candidates.append({"codebook_size": k, "keep": 0.0, "bytes": low_size, "fits": False})
             continue
-        low, high = 0.0, 0.99
-        if size_at(high) <= goal:
-            low = high
+        high, high_size = 0.99, size_at(0.99)
+        if high_size <= goal:
+            low, low_size = high, high_size
         else:
             for _ in range(10):  # keep fraction to ~0.001
                 mid = 0.5 * (low + high)
-                low, high = (mid, high) if size_at(mid) <= goal else (low, mid)
+                mid_size = size_at(mid)
+                if mid_size <= goal:
+                    low, low_size = mid, mid_size
+                else:
+                    high = mid
         state = _state_for(field, importance, books, low, cfg.non_prune)
-        row = {"codebook_size": k, "keep": round(low, 4), "bytes": size_at(low), "fits": True,
+        row = {"codebook_size": k, "keep": round(low, 4), "bytes": low_size, "fits": True,
                "probe_mse": _probe_mse(model, state, rays)}
         candidates.append(row)
         if best is None or row["probe_mse"] < best["probe_mse"]:

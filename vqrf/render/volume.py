@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from vqrf.fields.tensorf import TensorVM
-from vqrf.render.march import march, ray_box
+from vqrf.render.march import count_samples, march, ray_box
 from vqrf.render.occupancy import OccupancyGrid
 
-__all__ = ["RenderSettings", "Samples", "sample_weights", "render_rays", "render_image"]
+__all__ = ["RenderSettings", "Samples", "hits_occupied", "sample_weights", "render_rays", "render_image"]
 
 
 @dataclass
@@ -33,6 +33,14 @@ class RenderSettings:
         step = field.step_size(step_ratio)
         diagonal = float((field.aabb[1] - field.aabb[0]).norm())
         return RenderSettings(step, int(diagonal / step) + 1, near, far, ndc, white_bg, weight_thres)
+
+
+def hits_occupied(
+    field: TensorVM, occupancy: OccupancyGrid, origins: torch.Tensor, directions: torch.Tensor, settings: RenderSettings
+) -> torch.Tensor:
+    """[R] bool: which rays [R, 3] pass through at least one occupied cell (the others render as background)."""
+    t_in, t_out = ray_box(origins, directions, field.aabb, settings.near, settings.far)
+    return count_samples(origins, directions, t_in, t_out, settings.step, occupancy, settings.max_samples) > 0
 
 
 @dataclass
