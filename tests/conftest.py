@@ -6,6 +6,7 @@ user's clone.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -46,3 +47,18 @@ def fern_dir(data_root: Path) -> Path:
     if not path.is_dir():
         pytest.fail(f"{path} missing from VQRF_DATA")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory) -> Path:
+    """A small model trained on 12 views of the analytic demo scene (24x24), for tests that render."""
+    from vqrf.config import demo_preset
+    from vqrf.data.synthetic import make_demo_scene
+    from vqrf.train import train
+
+    out = tmp_path_factory.mktemp("demo_model")
+    cfg = dataclasses.replace(demo_preset().train, iters=60, batch_rays=512, n_voxel_init=20**3, n_voxel_final=20**3,
+                              upsample_at=(), alpha_mask_at=(30,))
+    train(make_demo_scene("train", n_views=12, size=24), dataclasses.replace(demo_preset(), train=cfg), out,
+          progress=False)
+    return out / "model.safetensors"

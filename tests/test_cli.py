@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 
 from vqrf.cli import main
-from vqrf.config import demo_preset
-from vqrf.data.synthetic import make_demo_scene
-from vqrf.train import train
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -25,16 +20,6 @@ def one_line_error(err: str, *needles: str) -> None:
     assert len(lines) == 1, err
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("model")
-    cfg = dataclasses.replace(demo_preset().train, iters=20, batch_rays=256, n_voxel_init=16**3, n_voxel_final=16**3,
-                              upsample_at=(), alpha_mask_at=(10,))
-    train(make_demo_scene("train", n_views=4, size=16), dataclasses.replace(demo_preset(), train=cfg), out,
-          progress=False)
-    return out / "model.safetensors"
 
 
 def test_missing_dataset(capsys, tmp_path):
@@ -67,32 +52,32 @@ def test_corrupt_model_file(capsys, tmp_path, content):
         one_line_error(err, str(bad))
 
 
-def test_truncated_model_file(capsys, tmp_path, tiny_model):
+def test_truncated_model_file(capsys, tmp_path, demo_model):
     cut = tmp_path / "cut.safetensors"
-    cut.write_bytes(tiny_model.read_bytes()[: tiny_model.stat().st_size // 2])
+    cut.write_bytes(demo_model.read_bytes()[: demo_model.stat().st_size // 2])
     code, _, err = run(capsys, "info", str(cut))
     assert code == 2
     one_line_error(err, str(cut))
 
 
-def test_info_describes_a_model(capsys, tiny_model):
-    code, out, _ = run(capsys, "info", str(tiny_model))
+def test_info_describes_a_model(capsys, demo_model):
+    code, out, _ = run(capsys, "info", str(demo_model))
     assert code == 0 and "grid" in out and "demo" in out
 
 
-def test_eval_refuses_to_overwrite(capsys, tmp_path, tiny_model, lego_dir):
+def test_eval_refuses_to_overwrite(capsys, tmp_path, demo_model, lego_dir):
     out = tmp_path / "eval"
     out.mkdir()
     (out / "metrics.json").write_text(json.dumps({"psnr": 1.0}))
-    code, _, err = run(capsys, "eval", str(tiny_model), "--data", str(lego_dir), "--out", str(out))
+    code, _, err = run(capsys, "eval", str(demo_model), "--data", str(lego_dir), "--out", str(out))
     assert code == 2
     one_line_error(err, "metrics.json", "--force")
     assert json.loads((out / "metrics.json").read_text()) == {"psnr": 1.0}
 
 
-def test_eval_on_real_lego_writes_metrics_and_pngs(capsys, tmp_path, tiny_model, lego_dir):
+def test_eval_on_real_lego_writes_metrics_and_pngs(capsys, tmp_path, demo_model, lego_dir):
     out = tmp_path / "eval"
-    code, stdout, _ = run(capsys, "eval", str(tiny_model), "--data", str(lego_dir), "--downscale", "16", "--every",
+    code, stdout, _ = run(capsys, "eval", str(demo_model), "--data", str(lego_dir), "--downscale", "16", "--every",
                           "100", "--out", str(out), "--quiet", "--no-lpips")
     assert code == 0, stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -100,11 +85,11 @@ def test_eval_on_real_lego_writes_metrics_and_pngs(capsys, tmp_path, tiny_model,
     assert 0 < metrics["psnr"] < 60 and "PSNR" in stdout
 
 
-def test_wrong_device(capsys, tmp_path, tiny_model):
+def test_wrong_device(capsys, tmp_path, demo_model):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    code, _, err = run(capsys, "eval", str(tiny_model), "--data", str(tmp_path), "--device", "cuda")
+    code, _, err = run(capsys, "eval", str(demo_model), "--data", str(tmp_path), "--device", "cuda")
     assert code == 2
     one_line_error(err, "cuda")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 
@@ -356,7 +355,9 @@ def test_interrupted_compression_resumes_to_the_same_file(demo_model, demo_impor
                        checkpoint_every=10)
     monkeypatch.setattr(pipeline, "_save_progress", save)
     assert checkpoint.is_file()
+    saved_at: list[int] = []
     resumed = compress_model(load_model(demo_model), pool(), cfg, None, progress=False, checkpoint=checkpoint,
-                             checkpoint_every=10)
+                             checkpoint_every=10, on_checkpoint=saved_at.append)
     assert not checkpoint.exists()
     assert resumed.data == whole.data  # byte for byte: optimiser, sampler and RNG continue exactly
+    assert saved_at == [20]  # continued from step 10; no save after the last step

@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
-import pytest
 import torch
 
 from vqrf.checkpoint import load_model
 from vqrf.cli import main
-from vqrf.config import demo_preset
 from vqrf.data.synthetic import make_demo_scene
 from vqrf.render.paths import look_at, orbit_path, resized, spiral_path
-from vqrf.train import train
 from vqrf.video import render_frame, write_video
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("model")
-    cfg = dataclasses.replace(demo_preset().train, iters=60, batch_rays=512, n_voxel_init=20**3, n_voxel_final=20**3,
-                              upsample_at=(), alpha_mask_at=(30,))
-    train(make_demo_scene("train", n_views=12, size=24), dataclasses.replace(demo_preset(), train=cfg), out,
-          progress=False)
-    return out / "model.safetensors"
 
 
 def test_look_at_points_the_camera_at_the_target():
@@ -47,8 +32,8 @@ def test_orbit_keeps_radius_and_elevation():
     torch.testing.assert_close(steps, torch.full_like(steps, 2 * torch.pi / 30), atol=1e-4, rtol=0)
 
 
-def test_video_has_every_frame_and_matches_single_renders(tiny_model, tmp_path):
-    model = load_model(tiny_model)
+def test_video_has_every_frame_and_matches_single_renders(demo_model, tmp_path):
+    model = load_model(demo_model)
     scene = make_demo_scene("train", n_views=12, size=24)
     cameras = resized(scene.cameras, orbit_path(scene.cameras, 6), 32, 24)
     paths = write_video(model, cameras, tmp_path / "orbit.mp4", fps=10, progress=False)
@@ -66,9 +51,9 @@ def test_video_has_every_frame_and_matches_single_renders(tiny_model, tmp_path):
         assert frames[k].shape == (24, 32, 3) and -10 * np.log10(mse) > 30  # equal up to H.264 loss
 
 
-def test_render_cli_and_its_bad_input(tiny_model, lego_dir, tmp_path, capsys):
+def test_render_cli_and_its_bad_input(demo_model, lego_dir, tmp_path, capsys):
     out = tmp_path / "v.mp4"
-    args = ["render", str(tiny_model), "--data", str(lego_dir), "--downscale", "16", "--frames", "4", "--quiet"]
+    args = ["render", str(demo_model), "--data", str(lego_dir), "--downscale", "16", "--frames", "4", "--quiet"]
     assert main([*args, "-o", str(out)]) == 0
     assert out.is_file() and (tmp_path / "v_depth.mp4").is_file()
     capsys.readouterr()
@@ -95,12 +80,12 @@ def test_spiral_stays_in_front_of_fern(fern_dir):
                                atol=1e-5, rtol=0)
 
 
-def test_render_cli_rounds_odd_sizes_for_h264(tiny_model, lego_dir, tmp_path, capsys):
+def test_render_cli_rounds_odd_sizes_for_h264(demo_model, lego_dir, tmp_path, capsys):
     out = tmp_path / "odd.mp4"
-    assert main(["render", str(tiny_model), "--data", str(lego_dir), "--frames", "2", "--resolution", "33x25",
+    assert main(["render", str(demo_model), "--data", str(lego_dir), "--frames", "2", "--resolution", "33x25",
                  "--quiet", "-o", str(out)]) == 0
     reader = imageio_ffmpeg.read_frames(str(out))
     assert tuple(next(reader)["size"]) == (32, 24)
-    assert main(["render", str(tiny_model), "--data", str(lego_dir), "--path", "spiral", "-o",
+    assert main(["render", str(demo_model), "--data", str(lego_dir), "--path", "spiral", "-o",
                  str(tmp_path / "s.mp4")]) == 2
     assert "forward-facing" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The ``vqrf`` command: demo, train, compress, eval, render, info.
+"""The ``vqrf`` command: demo, train, compress, eval, render, view, info, batch.
 
 Every verb is a thin wrapper over the library. Bad input ends with one line on stderr naming the file and the problem,
 and a non-zero exit code; outputs are never overwritten without ``--force``.
@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from vqrf import __version__
-from vqrf.config import PRESETS, demo_preset, get_preset
+from vqrf.config import PRESETS, demo_preset, preset_with
 from vqrf.errors import VqrfError
 
 EXIT_BAD_INPUT = 2
@@ -52,17 +52,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vqrf.data import load_scene
     from vqrf.train import train
 
-    preset = get_preset(args.preset)
-    if args.iters is not None:
-        preset.train = preset.train.scaled_to(args.iters)
-    if args.checkpoint_every is not None:
-        preset.train.checkpoint_every = args.checkpoint_every
-    if args.grid_init is not None:
-        preset.train.n_voxel_init = args.grid_init**3
-    if args.grid_final is not None:
-        preset.train.n_voxel_final = args.grid_final**3
-    if args.batch_rays is not None:
-        preset.train.batch_rays = args.batch_rays
+    preset = preset_with(args.preset, args.iters, args.grid_init, args.grid_final, args.batch_rays,
+                         args.checkpoint_every)
     downscale = preset.downscale if args.downscale is None else args.downscale
     out = Path(args.out)
     model_path = out / "model.safetensors"
@@ -203,12 +194,39 @@ def cmd_render(args: argparse.Namespace) -> int:
             raise VqrfError(scene.root, "a spiral needs a forward-facing (LLFF) scene; bounded scenes get --path orbit")
         c2w = (orbit_path(scene.cameras, args.frames) if args.path == "orbit"
                else spiral_path(scene.cameras, scene.depth_bounds, args.frames))
+    if size is None and args.downscale is None and model.scene.width:
+        size = (model.scene.width, model.scene.height)  # the resolution the model was trained at
     width, height = size or (scene.cameras.width, scene.cameras.height)
     cameras = resized(scene.cameras, c2w, width - width % 2, height - height % 2)  # H.264 (yuv420p) needs even sizes
     print(f"vqrf render: {args.path} path, {len(cameras)} frames at {cameras.width}x{cameras.height}, {args.fps} fps")
     paths = write_video(model, cameras, out, args.fps, progress=not args.quiet)
     print("\n".join(f"wrote {p}" for p in paths))
     return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from vqrf.data import load_scene
+    from vqrf.models import open_model
+    from vqrf.viewer import Viewer, ViewerSettings
+
+    if not 0 <= args.port <= 65535:
+        raise VqrfError(None, f"--port must be between 0 and 65535, got {args.port}")
+    if args.max_resolution < 8:
+        raise VqrfError(None, f"--max-resolution must be at least 8 pixels, got {args.max_resolution}")
+    model = open_model(args.model, _device(args.device))
+    training = None
+    if args.data:
+        downscale = model.preset.downscale if args.downscale is None else args.downscale
+        training = load_scene(args.data, split="train", downscale=downscale, kind=args.kind).cameras
+    viewer = Viewer(model, Path(args.model), training, host=args.host, port=args.port,
+                    settings=ViewerSettings(max_resolution=args.max_resolution))
+    busy = f" (port {args.port} was busy)" if args.port and viewer.server.get_port() != args.port else ""
+    print(f"vqrf view: {args.model} at {viewer.url}{busy}  (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        viewer.close()
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -333,6 +351,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from vqrf.batch import Budget, run_batch
+    from vqrf.compress.rate import parse_size
+
+    scenes = None
+    if args.scenes is not None:
+        scenes = [name.strip() for name in args.scenes.split(",") if name.strip()]
+        if not scenes:
+            raise VqrfError(None, "--scenes must name at least one scene folder, e.g. --scenes lego,fern")
+    budget = Budget(preset=args.preset, iters=args.iters, grid_init=args.grid_init, grid_final=args.grid_final,
+                    batch_rays=args.batch_rays, checkpoint_every=args.checkpoint_every, downscale=args.downscale,
+                    target_size=parse_size(args.target_size) if args.target_size else None,
+                    finetune_iters=args.finetune_iters, eval_every=args.eval_every, use_lpips=not args.no_lpips,
+                    lpips_weights=args.lpips_weights)
+    return run_batch(args.dataset, args.root, args.out, budget, scenes=scenes, address=args.address,
+                     workers=args.workers, cpus_per_scene=args.cpus_per_scene, gpus_per_scene=args.gpus_per_scene,
+                     progress=not args.quiet)
+
+
 # ---- parser -----------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqrf", description="Train grid radiance fields and compress them.")
@@ -410,14 +447,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=120, help="frames of an orbit or spiral (default 120)")
     p.add_argument("--every", type=int, default=1, help="test path: every N-th view")
     p.add_argument("--fps", type=int, default=30)
-    p.add_argument("--resolution", default=None, help="WxH (default: the dataset's at the model's downscale)")
+    p.add_argument("--resolution", default=None, help="WxH (default: the resolution the model was trained at)")
     p.add_argument("-o", "--out", required=True, help="the .mp4 to write; the depth video goes to <name>_depth.mp4")
     common(p)
     p.set_defaults(run=cmd_render)
 
+    p = verbs.add_parser("view", help="look around a model in the browser (viser): vqrf view scene.vqrf")
+    p.add_argument("model", help="model file (.safetensors or .vqrf)")
+    p.add_argument("--data", default=None, help="the dataset, to show its training cameras (optional)")
+    p.add_argument("--kind", default="auto", help="dataset format: auto, blender, llff, nsvf, tt, ngp")
+    p.add_argument("--downscale", type=float, default=None, help="image downscale factor (default: the preset's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on the network)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-resolution", type=int, default=512,
+                   help="long side of a still frame in pixels (default 512; previews while moving are smaller)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: cuda when available)")
+    p.set_defaults(run=cmd_view)
+
     p = verbs.add_parser("info", help="describe a model file (sections, tiers, codebooks of a .vqrf)")
     p.add_argument("model", help="model file (.safetensors or .vqrf)")
     p.set_defaults(run=cmd_info)
+
+    p = verbs.add_parser("batch", help="train, compress and evaluate every scene of a dataset as Ray tasks, "
+                                       "resumable, with merged tables (needs vqrf[batch])")
+    p.add_argument("--dataset", required=True, choices=("syn", "nsvf", "tt", "llff", "custom"),
+                   help="scene layout under ROOT: syn (Blender), nsvf, tt (NSVF layout), llff, or custom (any "
+                        "format vqrf reads, detected per folder)")
+    p.add_argument("--root", required=True, help="folder holding one folder per scene")
+    p.add_argument("--scenes", default=None, help="comma-separated scene folder names (default: every scene)")
+    p.add_argument("--out", required=True, help="output folder: OUT/<scene>/ per scene, OUT/summary.{md,csv,json}")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="hyperparameters for every scene (default: the dataset's; custom: by each scene's format); "
+                        "cpu is NeRF-Synthetic's CPU-scale preset")
+    p.add_argument("--iters", type=int, default=None, help="training iterations (the preset's schedule scales with it)")
+    p.add_argument("--grid-init", type=int, default=None, help="initial grid: about N^3 voxels")
+    p.add_argument("--grid-final", type=int, default=None, help="final grid after upsampling: about N^3 voxels")
+    p.add_argument("--batch-rays", type=int, default=None, help="rays per training iteration")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="training iterations between checkpoints, which a rerun continues from")
+    p.add_argument("--downscale", type=float, default=None, help="image downscale factor (default: the preset's)")
+    p.add_argument("--target-size", default=None, help="byte budget of each .vqrf, e.g. 500KB, 1MB (default: none)")
+    p.add_argument("--finetune-iters", type=int, default=None,
+                   help="joint fine-tuning steps (default: a third of the training iterations)")
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate every K-th test view (default: all)")
+    p.add_argument("--lpips-weights", default=None, help="LPIPS-alex weights file (or set VQRF_LPIPS_WEIGHTS)")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to run on (its head, e.g. head:6379); its nodes need vqrf and must see ROOT "
+                        "and OUT at the same paths (default: a local Ray instance)")
+    p.add_argument("--workers", type=int, default=None, help="local Ray instance: CPUs to use (default: all)")
+    p.add_argument("--cpus-per-scene", type=float, default=1.0, help="CPUs (torch threads) per scene (default 1)")
+    p.add_argument("--gpus-per-scene", type=float, default=None,
+                   help="GPUs per scene (default: 1 when the Ray instance has GPUs, else 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_batch)
     return parser
 
 

@@ -194,6 +194,25 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]()
 
 
+def preset_with(name: str, iters: int | None = None, grid_init: int | None = None, grid_final: int | None = None,
+                batch_rays: int | None = None, checkpoint_every: int | None = None) -> Preset:
+    """``get_preset(name)`` with the command line's overrides (None keeps the preset's): ``iters`` stretches the
+    whole schedule; ``grid_init`` / ``grid_final`` are grids of about N^3 voxels."""
+    preset = get_preset(name)
+    train = preset.train
+    if iters is not None:
+        preset.train = train = train.scaled_to(iters)
+    if grid_init is not None:
+        train.n_voxel_init = grid_init**3
+    if grid_final is not None:
+        train.n_voxel_final = grid_final**3
+    if batch_rays is not None:
+        train.batch_rays = batch_rays
+    if checkpoint_every is not None:
+        train.checkpoint_every = checkpoint_every
+    return preset
+
+
 @dataclass
 class CompressConfig:
     """VQRF compression of a trained field (method-spec §2): split, codebooks, fine-tuning, storage precision."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from vqrf.checkpoint import LoadedModel
@@ -18,14 +18,19 @@ from vqrf.render.volume import render_image
 __all__ = ["render_frame", "write_video"]
 
 
-def render_frame(model: LoadedModel, cameras: Cameras, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """View ``i`` of ``cameras`` -> RGB uint8 [H, W, 3] and depth uint8 [H, W] (near..far mapped to 255..0)."""
+def render_frame(model: LoadedModel, cameras: Cameras, i: int,
+                 cancelled: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """View ``i`` of ``cameras`` -> RGB uint8 [H, W, 3] and depth uint8 [H, W] (near..far mapped to 255..0).
+
+    Videos, the viewer and the benchmarks all render through here. ``cancelled``: see ``render_image``.
+    """
     origins, directions = camera_rays(cameras, i)
     info = model.scene
     if info.ndc:
         origins, directions = ndc_rays(origins, directions, info.height, info.width, info.ndc_focal)
     device = model.field.aabb.device
-    out = render_image(model.field, model.occupancy, origins.to(device), directions.to(device), model.render_settings())
+    out = render_image(model.field, model.occupancy, origins.to(device), directions.to(device), model.render_settings(),
+                       cancelled=cancelled)
     h, w = cameras.height, cameras.width
     rgb = (out["rgb"].reshape(h, w, 3).clamp(0, 1) * 255 + 0.5).byte().cpu().numpy()
     near, far = (0.0, 1.0) if info.ndc else (info.near, info.far)

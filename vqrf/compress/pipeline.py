@@ -29,6 +29,8 @@ from vqrf.train import RayPool
 __all__ = ["CompressResult", "codebook_sizes", "compress_model", "compress_scene", "pruned_copy"]
 
 StageCallback = Callable[[str, TensorVM, "VQState | None"], None]
+CheckpointCallback = Callable[[int], None]
+"""Called with the fine-tuning step count after each checkpoint is saved."""
 
 
 @dataclass
@@ -74,15 +76,16 @@ def compress_model(
     on_stage: StageCallback | None = None,
     checkpoint: Path | None = None,
     checkpoint_every: int = 200,
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> CompressResult:
     """Compress ``model`` (its field is modified in place by fine-tuning) into the bytes of a .vqrf file.
 
     With ``budget`` (bytes), rate control picks the keep fraction, codebook size and precision instead of ``cfg``'s.
     With ``checkpoint``, fine-tuning saves its progress there every ``checkpoint_every`` steps, and a run finding
-    that file continues from it (the file is removed at the end).
+    that file continues from it (the file is removed at the end); ``on_checkpoint`` hears of every save.
     """
     if checkpoint is not None and checkpoint.is_file():
-        return _resume(checkpoint, pool, progress, on_stage, checkpoint_every)
+        return _resume(checkpoint, pool, progress, on_stage, checkpoint_every, on_checkpoint)
     seconds: dict[str, float] = {}
     info: dict[str, Any] = {}
     field, settings = model.field, model.render_settings()
@@ -111,17 +114,21 @@ def compress_model(
         state.apply(quantised)
         on_stage("vq", quantised, state)
 
-    return _finish(model, pool, cfg, state, budget, seconds, info, progress, on_stage, checkpoint, checkpoint_every)
+    return _finish(model, pool, cfg, state, budget, seconds, info, progress, on_stage, checkpoint, checkpoint_every,
+                   on_checkpoint)
 
 
 def _finish(model: LoadedModel, pool: RayPool, cfg: CompressConfig, state: VQState, budget: int | None,
             seconds: dict[str, float], info: dict[str, Any], progress: bool, on_stage: StageCallback | None,
-            checkpoint: Path | None, checkpoint_every: int, resume: FinetuneProgress | None = None) -> CompressResult:
+            checkpoint: Path | None, checkpoint_every: int, on_checkpoint: CheckpointCallback | None = None,
+            resume: FinetuneProgress | None = None) -> CompressResult:
     """Fine-tuning (from ``resume`` if given), then packing."""
     field = model.field
 
     def save(p: FinetuneProgress) -> None:
         _save_progress(checkpoint, model, state, cfg, budget, {**seconds, "finetune": time.perf_counter() - start}, info, p)
+        if on_checkpoint:
+            on_checkpoint(p.iteration)
 
     start = time.perf_counter() - seconds.get("finetune", 0.0)
     finetune(field, model.occupancy, state, pool, model.render_settings(), model.preset,
@@ -171,7 +178,7 @@ def _save_progress(path: Path, model: LoadedModel, state: VQState, cfg: Compress
 
 
 def _resume(path: Path, pool: RayPool, progress: bool, on_stage: StageCallback | None,
-            checkpoint_every: int) -> CompressResult:
+            checkpoint_every: int, on_checkpoint: CheckpointCallback | None) -> CompressResult:
     saved = load_model(path, pool.device)
     meta = saved.extra.get("compress")
     if meta is None:
@@ -195,7 +202,7 @@ def _resume(path: Path, pool: RayPool, progress: bool, on_stage: StageCallback |
     if progress:
         print(f"compress: resuming fine-tuning at step {resume.iteration} from {path}")
     return _finish(saved, pool, cfg, state, meta["budget"], dict(meta["seconds"]), dict(meta["info"]), progress,
-                   on_stage, path, checkpoint_every, resume)
+                   on_stage, path, checkpoint_every, on_checkpoint, resume)
 
 
 def compress_scene(
@@ -211,6 +218,7 @@ def compress_scene(
     on_stage: StageCallback | None = None,
     checkpoint: Path | None = None,
     checkpoint_every: int = 200,
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> CompressResult:
     """:func:`compress_model` on every training ray of ``scene``, with importance cached next to ``model_path``."""
     pool = RayPool(scene, model.field.aabb.device)
@@ -220,9 +228,11 @@ def compress_scene(
         return plane_importance(model.field, model.occupancy, pool, model.render_settings(), progress=progress)
 
     if checkpoint is not None and checkpoint.is_file():
-        return compress_model(model, pool, cfg, None, budget, progress, on_stage, checkpoint, checkpoint_every)
+        return compress_model(model, pool, cfg, None, budget, progress, on_stage, checkpoint, checkpoint_every,
+                              on_checkpoint)
     importance = cached_importance(model_path, data_path, downscale, compute, progress) if use_cache else compute()
     seconds = time.perf_counter() - start
-    result = compress_model(model, pool, cfg, importance, budget, progress, on_stage, checkpoint, checkpoint_every)
+    result = compress_model(model, pool, cfg, importance, budget, progress, on_stage, checkpoint, checkpoint_every,
+                            on_checkpoint)
     result.seconds["importance"] = seconds
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -10,7 +11,12 @@ from vqrf.fields.tensorf import TensorVM
 from vqrf.render.march import count_samples, march, ray_box
 from vqrf.render.occupancy import OccupancyGrid
 
-__all__ = ["RenderSettings", "Samples", "hits_occupied", "sample_weights", "render_rays", "render_image"]
+__all__ = ["RenderSettings", "Samples", "RenderCancelled", "hits_occupied", "sample_weights", "render_rays",
+           "render_image"]
+
+
+class RenderCancelled(Exception):
+    """A render given up part-way because its caller no longer wants the result."""
 
 
 @dataclass
@@ -136,10 +142,16 @@ def render_image(
     directions: torch.Tensor,
     settings: RenderSettings,
     chunk: int = 16384,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Render many rays in bounded-memory chunks (no gradients): ``rgb`` [R, 3], ``depth`` [R], ``acc`` [R]."""
-    parts = [
-        render_rays(field, occupancy, o, d, settings)
-        for o, d in zip(origins.split(chunk), directions.split(chunk))
-    ]
+    """Render many rays in bounded-memory chunks (no gradients): ``rgb`` [R, 3], ``depth`` [R], ``acc`` [R].
+
+    ``cancelled`` is asked before each chunk; when it answers True the render stops with ``RenderCancelled`` (the
+    viewer drops a frame whose camera has already moved on).
+    """
+    parts = []
+    for o, d in zip(origins.split(chunk), directions.split(chunk)):
+        if cancelled is not None and cancelled():
+            raise RenderCancelled
+        parts.append(render_rays(field, occupancy, o, d, settings))
     return {k: torch.cat([p[k] for p in parts]) for k in ("rgb", "depth", "acc")}
