@@ -94,6 +94,11 @@ def view_camera(c2w: torch.Tensor, fov_y: float, aspect: float, long_side: int) 
     return Cameras(c2w[None].float(), one(focal), one(focal), one(width / 2), one(height / 2), width, height)
 
 
+def _vertical_fov(height: int, focal: float) -> float:
+    """Vertical field of view (radians) of a pinhole camera ``height`` pixels tall with focal length ``focal``."""
+    return 2 * math.atan(0.5 * height / focal)
+
+
 def _default_view(model: LoadedModel) -> tuple[torch.Tensor, float]:
     """A starting camera when no training cameras are known: above and beside a bounded scene, or the mean pose of a
     forward-facing one (LLFF poses are recentred to the identity)."""
@@ -101,7 +106,7 @@ def _default_view(model: LoadedModel) -> tuple[torch.Tensor, float]:
 
     info = model.scene
     if info.ndc:
-        fov = 2 * math.atan(0.5 * info.height / info.ndc_focal) if info.ndc_focal else math.radians(50)
+        fov = _vertical_fov(info.height, info.ndc_focal) if info.ndc_focal else math.radians(50)
         return torch.cat([torch.eye(3), torch.zeros(3, 1)], dim=1), fov
     aabb = model.field.aabb.float().cpu()
     centre, half = aabb.mean(0), 0.5 * (aabb[1] - aabb[0])
@@ -169,7 +174,6 @@ class Viewer:
         model_path: its file, for the panel.
         training: the training cameras (optional).
         host, port: where to listen; port 0 picks a free one.
-        device: where to render (the model is already there).
     """
 
     def __init__(self, model: LoadedModel, model_path: Path, training: Cameras | None = None,
@@ -185,7 +189,11 @@ class Viewer:
         self._rays_per_s: float | None = None  # measured on this machine and scene, for sizing refinement steps
         with contextlib.redirect_stdout(io.StringIO()):  # viser prints a banner; the CLI prints its own line
             self.server = viser.ViserServer(host=host, port=port, verbose=False)
-        self.server.scene.set_up_direction("+y" if model.scene.ndc else "+z")
+        # Forward-facing (LLFF) scenes are y-up and orbit a point ahead; bounded ones are z-up about the box centre.
+        self._up = np.array([0.0, 1.0, 0.0] if model.scene.ndc else [0.0, 0.0, 1.0])
+        self._target = (torch.tensor([0.0, 0.0, -_FORWARD_FOCUS]) if model.scene.ndc
+                        else model.field.aabb.float().cpu().mean(0))
+        self.server.scene.set_up_direction(self._up)
         self._home = self._start_view()
         self._set_initial_camera(*self._home)
         self._build_panel()
@@ -277,9 +285,8 @@ class Viewer:
         """(position, look_at, up) for viser: the view direction of ``c2w``, orbiting at the target's distance about
         the world's up axis (z for bounded scenes, y for forward-facing ones)."""
         m = c2w.double().cpu()
-        distance = float((self._target().double() - m[:, 3]).norm())
-        up = np.array([0.0, 1.0, 0.0] if self.model.scene.ndc else [0.0, 0.0, 1.0])
-        return m[:, 3].numpy(), (m[:, 3] - distance * m[:, 2]).numpy(), up
+        distance = float((self._target.double() - m[:, 3]).norm())
+        return m[:, 3].numpy(), (m[:, 3] - distance * m[:, 2]).numpy(), self._up
 
     # ---- setup ---------------------------------------------------------------------------------------------------
     def _start_view(self) -> tuple[torch.Tensor, float]:
@@ -288,15 +295,9 @@ class Viewer:
         if self.training is None or not len(self.training):
             return _default_view(self.model)
         c2w = self.training.c2w[0].float().cpu()
-        fov = 2 * math.atan(0.5 * self.training.height / float(self.training.fy[0]))
-        back = 0.4 * (c2w[:, 3] - self._target()).norm()
+        fov = _vertical_fov(self.training.height, float(self.training.fy[0]))
+        back = 0.4 * (c2w[:, 3] - self._target).norm()
         return torch.cat([c2w[:, :3], (c2w[:, 3] + back * c2w[:, 2])[:, None]], dim=1), fov
-
-    def _target(self) -> torch.Tensor:
-        """The point the camera orbits: the box centre of a bounded scene, a point ahead of a forward-facing one."""
-        if self.model.scene.ndc:
-            return torch.tensor([0.0, 0.0, -_FORWARD_FOCUS])
-        return self.model.field.aabb.float().cpu().mean(0)
 
     def _set_initial_camera(self, c2w: torch.Tensor, fov: float) -> None:
         initial = self.server.initial_camera
@@ -337,7 +338,7 @@ class Viewer:
 
     def _add_training_cameras(self) -> None:
         cams = self.training
-        fov = 2 * math.atan(0.5 * cams.height / float(cams.fy[0]))
+        fov = _vertical_fov(cams.height, float(cams.fy[0]))
         aspect = cams.width / cams.height
         extent = float((cams.c2w[:, :, 3] - cams.c2w[:, :, 3].mean(0)).norm(dim=-1).mean())
         frustums = []
