@@ -15,7 +15,14 @@ import pytest
 
 def _data_root() -> Path | None:
     root = os.environ.get("VQRF_DATA")
-    return Path(root) if root else None
+    return Path(root).absolute() if root else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # CI passes a path relative to the checkout; subprocesses, Ray workers and symlinks made by tests need it absolute.
+    root = _data_root()
+    if root is not None:
+        os.environ["VQRF_DATA"] = str(root)
 
 
 @pytest.fixture(scope="session")
