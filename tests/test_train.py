@@ -37,6 +37,18 @@ def test_demo_scene_is_learned(tmp_path):
     assert result.iters == SMALL.iters and result.seconds > 0
 
 
+def test_an_occupancy_update_before_anything_is_dense_is_skipped(tmp_path, capsys):
+    """A short schedule puts the first mask update at a field that is still empty everywhere; installing that empty
+    mask would stop every ray for good (the model came out blank, then NaN)."""
+    preset = dataclasses.replace(demo_preset(), train=dataclasses.replace(SMALL, alpha_mask_at=(2, 100)))
+    train(make_demo_scene("train", n_views=30, size=32), preset, tmp_path, progress=False)
+    assert "iteration 2: nothing is dense enough for an occupancy mask yet" in capsys.readouterr().err
+    model = load_model(tmp_path / "model.safetensors")
+    metrics = evaluate(model, make_demo_scene("test", n_views=3, size=32), use_lpips=False, progress=False)
+    assert metrics["psnr"] > 20.0, metrics
+    assert 0.0 < model.occupancy.occupied_fraction() < 0.6  # the update at 100 did take effect
+
+
 def test_model_file_round_trip_renders_identically(tmp_path):
     preset = dataclasses.replace(demo_preset(), train=dataclasses.replace(SMALL, iters=60))
     result = train(make_demo_scene("train", n_views=10, size=24), preset, tmp_path, progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,13 +175,18 @@ class _Trainer:
         if math.prod(grid) > MAX_MASK_VOXELS:
             scale = (MAX_MASK_VOXELS / math.prod(grid)) ** (1 / 3)
             grid = [max(2, int(n * scale)) for n in grid]
-        self.occupancy, box = build_occupancy(self.field, grid, self.field.step_size(self.cfg.step_ratio),
-                                              self.cfg.alpha_mask_thres)
+        occupancy, box = build_occupancy(self.field, grid, self.field.step_size(self.cfg.step_ratio),
+                                         self.cfg.alpha_mask_thres)
+        if box is None:
+            # Too early in a short schedule: an empty mask would stop every ray, and the field could never recover.
+            tqdm.write(f"vqrf train: iteration {self.iteration}: nothing is dense enough for an occupancy mask yet "
+                       f"(alpha >= {self.cfg.alpha_mask_thres:g}); keeping the previous one", file=sys.stderr)
+            return
+        self.occupancy = occupancy
         self.mask_updates += 1
         if self.mask_updates == 1:
-            if box is not None:
-                self.field.shrink(box)
-                self.opt = _optimizer(self.field, self.preset, self.lr_factor)
+            self.field.shrink(box)
+            self.opt = _optimizer(self.field, self.preset, self.lr_factor)
             self.l1_weight = self.cfg.l1_rest
         elif self.mask_updates == 2 and not self.scene.ndc:
             self.pool.keep(lambda o, d: self._hits_occupied(o, d))
