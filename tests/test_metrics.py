@@ -216,3 +216,26 @@ def test_lpips_function_and_image_metrics(alex, alex_path, lpips_dir):
     assert mean["psnr"] == pytest.approx((row["psnr"] + 120.0) / 2)  # mean of per-image PSNRs
     assert mean["lpips_alex"] == pytest.approx(expected / 2, abs=1e-6)
     assert set(ImageMetrics(use_lpips=False)(ref, ref)) == {"psnr", "ssim"}
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_lpips_names_the_smallest_image_it_takes(net):
+    model = LPIPS(net).eval()
+    side = model.MIN_SIDE[net]
+    assert model(torch.rand(side, side + 7, 3), torch.rand(side, side + 7, 3)).shape == (1,)
+    with pytest.raises(ValueError, match=f"at least {side} px a side, got {side - 1}x{side + 7}"):
+        model(torch.rand(side - 1, side + 7, 3), torch.rand(side - 1, side + 7, 3))
+    # The bound is the trunk's own: one pixel less really does pool down to nothing.
+    model.MIN_SIDE = {net: 1}
+    with pytest.raises(RuntimeError, match="too small"):
+        model(torch.rand(side - 1, side + 7, 3), torch.rand(side - 1, side + 7, 3))
+
+
+def test_image_metrics_leave_lpips_out_for_images_too_small_for_it(alex_path, capsys):
+    metrics = ImageMetrics(lpips_weights=alex_path)
+    tiny = torch.rand(24, 24, 3, generator=torch.Generator().manual_seed(0))
+    row = metrics(tiny, tiny.flip(0))
+    assert set(row) == {"psnr", "ssim"} and row["psnr"] == pytest.approx(psnr(tiny, tiny.flip(0)))
+    assert "LPIPS left out: 24x24 images are below the 31 px" in capsys.readouterr().err
+    metrics(tiny, tiny)
+    assert set(metrics.mean()) == {"psnr", "ssim"}

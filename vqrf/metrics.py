@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,8 @@ class LPIPS(nn.Module):
     """
 
     CHANNELS = {"alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
+    # Smaller images pool down to nothing before the last tap (alex: stride-4 conv and two 3x3/2 pools; vgg: 4 pools).
+    MIN_SIDE = {"alex": 31, "vgg": 16}
 
     def __init__(self, net: str = "alex"):
         super().__init__()
@@ -193,11 +196,18 @@ class LPIPS(nn.Module):
         for k, channels in enumerate(self.CHANNELS[net]):
             self.add_module(f"lin{k}", _Lin(channels))
 
+    def accepts(self, height: int, width: int) -> bool:
+        """Whether images of this size are large enough for the trunk."""
+        return min(height, width) >= self.MIN_SIDE[self.net_name]
+
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.ndim == 3:
             x = x.permute(2, 0, 1)[None]
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"LPIPS expects [H, W, 3] or [N, 3, H, W] images, got {tuple(x.shape)}")
+        if not self.accepts(*x.shape[-2:]):
+            raise ValueError(f"LPIPS-{self.net_name} needs images of at least {self.MIN_SIDE[self.net_name]} px a side, "
+                             f"got {x.shape[-2]}x{x.shape[-1]}")
         x = x.to(self.lin0.model[1].weight)
         feats = self.net(self.scaling_layer(x * 2 - 1))
         # Unit length along channels, eps added to the norm exactly as lpips' normalize_tensor does.
@@ -307,7 +317,8 @@ class ImageMetrics:
     """Scores image pairs and keeps the per-image rows; `mean()` gives the dataset figures (means of per-image values).
 
     Keys: "psnr", "ssim", and "lpips_alex" when LPIPS-alex weights are available (given, or found as in
-    `resolve_lpips_weights`). Explicitly given but unusable weights raise VqrfError rather than being skipped.
+    `resolve_lpips_weights`). Explicitly given but unusable weights raise VqrfError rather than being skipped; images
+    too small for LPIPS-alex (under 31 px a side) leave it out, with a note on stderr.
 
         metrics = ImageMetrics()
         for pred, gt in pairs:       # [H, W, 3] in [0, 1]
@@ -322,15 +333,19 @@ class ImageMetrics:
 
     def __call__(self, pred: ImageLike, gt: ImageLike) -> dict[str, float]:
         row = {"psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}
+        pred_t, gt_t = _as_image_pair(pred, gt)
+        if self.lpips_model is not None and not self.lpips_model.accepts(*pred_t.shape[:2]):
+            print(f"LPIPS left out: {pred_t.shape[0]}x{pred_t.shape[1]} images are below the "
+                  f"{LPIPS.MIN_SIDE['alex']} px a side LPIPS-alex needs", file=sys.stderr)
+            self.lpips_model = None
         if self.lpips_model is not None:
-            pred_t, gt_t = _as_image_pair(pred, gt)
             with torch.no_grad():
                 row["lpips_alex"] = self.lpips_model.to(pred_t.device)(pred_t, gt_t).item()
         self.rows.append(row)
         return row
 
     def mean(self) -> dict[str, float]:
-        """Mean of each metric over the scored images ({} before any image)."""
+        """Mean of each metric every scored image has ({} before any image)."""
         if not self.rows:
             return {}
-        return {k: float(np.mean([row[k] for row in self.rows])) for k in self.rows[0]}
+        return {k: float(np.mean([row[k] for row in self.rows])) for k in self.rows[0] if k in self.rows[-1]}
