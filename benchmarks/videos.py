@@ -20,21 +20,10 @@ import numpy as np
 from common import ROOT, add_doc_row, data_root, peak_rss_mb, write_result
 from vqrf.cli import main as vqrf_main
 from vqrf.data import load_scene
+from vqrf.metrics import psnr
 from vqrf.models import open_model
-from vqrf.render.paths import orbit_path, resized, spiral_path
+from vqrf.render.paths import path_poses, resized
 from vqrf.video import render_frame
-
-
-def path_cameras(kind: str, scene, frames: int, size: tuple[int, int]):
-    """The cameras `vqrf render` puts along the path (same path functions, same even frame size)."""
-    c2w = orbit_path(scene.cameras, frames) if kind == "orbit" else spiral_path(scene.cameras, scene.depth_bounds,
-                                                                                    frames)
-    return resized(scene.cameras, c2w, *size)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2) / 255**2
-    return float("inf") if mse == 0 else float(-10 * np.log10(mse))
 
 
 def one_video(name: str, model_path: Path, data: Path, kind: str, frames: int, check: list[int], out: Path,
@@ -54,12 +43,13 @@ def one_video(name: str, model_path: Path, data: Path, kind: str, frames: int, c
     reader = imageio_ffmpeg.read_frames(str(video))
     meta = next(reader)
     w, h = meta["size"]
-    cameras = path_cameras(kind, load_scene(data, "train", downscale=model.preset.downscale), frames, (w, h))
+    scene = load_scene(data, "train", downscale=model.preset.downscale)
+    cameras = resized(scene.cameras, path_poses(scene, kind, frames), w, h)  # the cameras `vqrf render` uses
     wanted, matches = set(check), {}
     for k, raw in enumerate(reader):
         if k in wanted:
             frame = np.frombuffer(raw, np.uint8).reshape(h, w, 3)
-            matches[k] = psnr(frame, render_frame(model, cameras, k)[0])
+            matches[k] = psnr(frame / 255.0, render_frame(model, cameras, k)[0] / 255.0)
     reader.close()
     return {"video": str(video.relative_to(ROOT)), "frames_asked": frames, "frames_counted": counted,
             "size": [w, h], "bytes": video.stat().st_size, "render_seconds": seconds,

@@ -91,6 +91,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from vqrf.checkpoint import atomic_write
     from vqrf.compress.pipeline import compress_scene
     from vqrf.compress.rate import parse_size
+    from vqrf.compress.vq import describe_tiers
     from vqrf.config import compress_defaults
     from vqrf.data import load_scene
     from vqrf.models import is_compressed, open_model
@@ -144,9 +145,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
             data = recorded
         print(f"decoded file on {metrics['views']} test views: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}")
     atomic_write(out, lambda tmp: tmp.write_bytes(data))
-    tiers = result.info["tiers"]
     rows = [("file", f"{out}  {len(data):,} bytes ({len(data) / 2**20:.3f} MiB)"),
-            ("texels", f"{tiers['keep']:,} kept, {tiers['vq']:,} vector-quantised, {tiers['pruned']:,} pruned"),
+            ("texels", describe_tiers(result.info["tiers"])),
             ("codebooks", ", ".join(f"{c['density']}/{c['app']}" for c in result.info["codebooks"])
              + " codes (density/appearance per plane)"),
             ("time", ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))]
@@ -164,7 +164,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from vqrf.data import load_scene
     from vqrf.models import open_model
-    from vqrf.render.paths import orbit_path, resized, spiral_path
+    from vqrf.render.paths import path_poses, resized
     from vqrf.video import write_video
 
     out = Path(args.out)
@@ -187,13 +187,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         c2w = scene.cameras.c2w[:: args.every]
     else:
         scene = load_scene(args.data, split="train", downscale=downscale, kind=args.kind)
-        if args.path == "orbit" and scene.ndc:
-            raise VqrfError(scene.root, "an orbit needs a bounded (360-degree) scene; forward-facing scenes get "
-                                        "--path spiral")
-        if args.path == "spiral" and scene.depth_bounds is None:
-            raise VqrfError(scene.root, "a spiral needs a forward-facing (LLFF) scene; bounded scenes get --path orbit")
-        c2w = (orbit_path(scene.cameras, args.frames) if args.path == "orbit"
-               else spiral_path(scene.cameras, scene.depth_bounds, args.frames))
+        c2w = path_poses(scene, args.path, args.frames)
     if size is None and args.downscale is None and model.scene.width:
         size = (model.scene.width, model.scene.height)  # the resolution the model was trained at
     width, height = size or (scene.cameras.width, scene.cameras.height)
@@ -256,6 +250,7 @@ def _info_compressed(path: Path) -> int:
     import numpy as np
 
     from vqrf.compress.container import decode_container, section_sizes
+    from vqrf.compress.vq import describe_tiers
     from vqrf.models import open_model
 
     model = open_model(path)
@@ -277,8 +272,7 @@ def _info_compressed(path: Path) -> int:
             ("preset", model.preset.name),
             ("grid", "x".join(map(str, model.field.grid_size)))]
     if "tiers" in stats:
-        t = stats["tiers"]
-        rows.append(("texels", f"{t['keep']:,} kept, {t['vq']:,} vector-quantised, {t['pruned']:,} pruned"))
+        rows.append(("texels", describe_tiers(stats["tiers"])))
     _, sections = decode_container(data, path)
     for i in range(3):
         parts = []
@@ -381,8 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
-    def dataset(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data", required=True, help="dataset folder (Blender, LLFF, NSVF, T&T, or transforms.json)")
+    def dataset(p: argparse.ArgumentParser, required: bool = True,
+                data_help: str = "dataset folder (Blender, LLFF, NSVF, T&T, or transforms.json)") -> None:
+        p.add_argument("--data", required=required, help=data_help)
         p.add_argument("--kind", default="auto", help="dataset format: auto, blender, llff, nsvf, tt, ngp")
         p.add_argument("--downscale", type=float, default=None, help="image downscale factor (default: the preset's)")
 
@@ -454,9 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("view", help="look around a model in the browser (viser): vqrf view scene.vqrf")
     p.add_argument("model", help="model file (.safetensors or .vqrf)")
-    p.add_argument("--data", default=None, help="the dataset, to show its training cameras (optional)")
-    p.add_argument("--kind", default="auto", help="dataset format: auto, blender, llff, nsvf, tt, ngp")
-    p.add_argument("--downscale", type=float, default=None, help="image downscale factor (default: the preset's)")
+    dataset(p, required=False, data_help="the dataset, to show its training cameras (optional)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on the network)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-resolution", type=int, default=512,

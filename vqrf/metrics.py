@@ -196,9 +196,13 @@ class LPIPS(nn.Module):
         for k, channels in enumerate(self.CHANNELS[net]):
             self.add_module(f"lin{k}", _Lin(channels))
 
+    @property
+    def min_side(self) -> int:
+        """The smallest image side, in pixels, the trunk takes."""
+        return self.MIN_SIDE[self.net_name]
+
     def accepts(self, height: int, width: int) -> bool:
-        """Whether images of this size are large enough for the trunk."""
-        return min(height, width) >= self.MIN_SIDE[self.net_name]
+        return min(height, width) >= self.min_side
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.ndim == 3:
@@ -206,7 +210,7 @@ class LPIPS(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"LPIPS expects [H, W, 3] or [N, 3, H, W] images, got {tuple(x.shape)}")
         if not self.accepts(*x.shape[-2:]):
-            raise ValueError(f"LPIPS-{self.net_name} needs images of at least {self.MIN_SIDE[self.net_name]} px a side, "
+            raise ValueError(f"LPIPS-{self.net_name} needs images of at least {self.min_side} px a side, "
                              f"got {x.shape[-2]}x{x.shape[-1]}")
         x = x.to(self.lin0.model[1].weight)
         feats = self.net(self.scaling_layer(x * 2 - 1))
@@ -333,14 +337,15 @@ class ImageMetrics:
 
     def __call__(self, pred: ImageLike, gt: ImageLike) -> dict[str, float]:
         row = {"psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}
-        pred_t, gt_t = _as_image_pair(pred, gt)
-        if self.lpips_model is not None and not self.lpips_model.accepts(*pred_t.shape[:2]):
-            print(f"LPIPS left out: {pred_t.shape[0]}x{pred_t.shape[1]} images are below the "
-                  f"{LPIPS.MIN_SIDE['alex']} px a side LPIPS-alex needs", file=sys.stderr)
-            self.lpips_model = None
         if self.lpips_model is not None:
-            with torch.no_grad():
-                row["lpips_alex"] = self.lpips_model.to(pred_t.device)(pred_t, gt_t).item()
+            pred_t, gt_t = _as_image_pair(pred, gt)
+            if self.lpips_model.accepts(*pred_t.shape[:2]):
+                with torch.no_grad():
+                    row["lpips_alex"] = self.lpips_model.to(pred_t.device)(pred_t, gt_t).item()
+            else:
+                print(f"LPIPS left out: {pred_t.shape[0]}x{pred_t.shape[1]} images are below the "
+                      f"{self.lpips_model.min_side} px a side LPIPS-alex needs", file=sys.stderr)
+                self.lpips_model = None
         self.rows.append(row)
         return row
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from vqrf.checkpoint import LoadedModel
+from vqrf.compress.vq import describe_tiers
 from vqrf.data.scene import Cameras
 from vqrf.render.volume import RenderCancelled
 from vqrf.video import render_frame
@@ -376,8 +377,7 @@ def _describe(model: LoadedModel, path: Path) -> str:
         stats = compressed.get("stats", {})
         lines.append(f"compressed .vqrf, grid {grid}")
         if "tiers" in stats:
-            t = stats["tiers"]
-            lines.append(f"texels: {t['keep']:,} kept, {t['vq']:,} vector-quantised, {t['pruned']:,} pruned")
+            lines.append(f"texels: {describe_tiers(stats['tiers'])}")
         if "psnr" in stats:
             lines.append(f"recorded PSNR {stats['psnr']:.2f} dB")
     lines.append("forward-facing (NDC)" if model.scene.ndc else "bounded scene")

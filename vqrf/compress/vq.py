@@ -17,7 +17,7 @@ from vqrf.compress.codebook import fit_codebook, weighted_code_means
 from vqrf.compress.split import cdf_split
 from vqrf.fields.tensorf import TensorVM
 
-__all__ = ["KINDS", "PlaneCode", "VQState", "build_vq", "plane_tensor"]
+__all__ = ["KINDS", "PlaneCode", "VQState", "build_vq", "describe_tiers", "plane_tensor"]
 
 KINDS = ("density", "app")
 
@@ -91,6 +91,11 @@ class VQState:
             for k, v in code.counts().items():
                 out[k] += v
         return out
+
+
+def describe_tiers(counts: dict[str, int]) -> str:
+    """One line for ``VQState.counts()``: how many texels are kept, vector-quantised and pruned."""
+    return f"{counts['keep']:,} kept, {counts['vq']:,} vector-quantised, {counts['pruned']:,} pruned"
 
 
 def build_vq(

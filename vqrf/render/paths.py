@@ -6,9 +6,10 @@ import math
 
 import torch
 
-from vqrf.data.scene import Cameras
+from vqrf.data.scene import Cameras, Scene
+from vqrf.errors import VqrfError
 
-__all__ = ["look_at", "orbit_path", "spiral_path", "resized"]
+__all__ = ["look_at", "orbit_path", "spiral_path", "path_poses", "resized"]
 
 
 def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -58,6 +59,19 @@ def spiral_path(cameras: Cameras, depth_bounds: tuple[float, float], n_frames: i
         offset = torch.tensor([math.cos(theta), -math.sin(theta), -math.sin(theta * z_rate)]) * radii
         out.append(look_at(centre + offset, target, up))
     return torch.stack(out)
+
+
+def path_poses(scene: Scene, kind: str, n_frames: int) -> torch.Tensor:
+    """[n_frames, 3, 4] along ``kind`` ("orbit" or "spiral") for the training cameras of ``scene``; a path that does
+    not suit the scene is refused."""
+    if kind == "orbit":
+        if scene.ndc:
+            raise VqrfError(scene.root, "an orbit needs a bounded (360-degree) scene; forward-facing scenes get "
+                                        "--path spiral")
+        return orbit_path(scene.cameras, n_frames)
+    if scene.depth_bounds is None:
+        raise VqrfError(scene.root, "a spiral needs a forward-facing (LLFF) scene; bounded scenes get --path orbit")
+    return spiral_path(scene.cameras, scene.depth_bounds, n_frames)
 
 
 def resized(cameras: Cameras, c2w: torch.Tensor, width: int | None = None, height: int | None = None) -> Cameras:
