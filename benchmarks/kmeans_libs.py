@@ -22,7 +22,7 @@ from vqrf.checkpoint import load_model
 from vqrf.compress.importance import cached_importance, plane_importance
 from vqrf.compress.split import cdf_split
 from vqrf.data import load_scene
-from vqrf.train import RayPool
+from vqrf.step import RayPool
 
 
 def distortion(x: np.ndarray, codes: np.ndarray, labels: np.ndarray, w: np.ndarray) -> float:

@@ -62,9 +62,9 @@ def main() -> None:
 
     result = {"warmup_iters": args.warmup, "grid": trainer.field.grid_size}
     result["fused_kernel"] = timed_steps(trainer, args.steps)
-    os.environ["VQRF_KERNEL"] = "torch"
+    os.environ["VQRF_KERNELS"] = "torch"
     result["grid_sample_reference"] = timed_steps(trainer, max(3, args.steps // 4))
-    os.environ.pop("VQRF_KERNEL")
+    os.environ.pop("VQRF_KERNELS")
 
     test = load_scene(lego, "test", downscale=4)
     origins, directions = test.rays(0)

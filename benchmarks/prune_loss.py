@@ -22,7 +22,7 @@ from vqrf.compress.split import cdf_split
 from vqrf.compress.vq import PlaneCode, VQState
 from vqrf.data import load_scene
 from vqrf.evaluate import evaluate
-from vqrf.train import RayPool
+from vqrf.step import RayPool
 
 
 def main() -> None:

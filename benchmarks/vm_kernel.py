@@ -6,7 +6,7 @@ Configs: density (16,16,16 comps, summed) and appearance (48,48,48 comps, concat
 103x179x113 (planes 128x128, and 179x103 / 113x103 / 113x179); 100,000 and 500,000 points. Points lie along
 random rays through the box, in ray order, as a renderer produces them; a uniform-random set at 100,000 points
 is the cache-unfriendly worst case. "torch" is ``vm_features_torch`` on channels-last parameters (what the package
-runs when VQRF_KERNEL=torch); "torch_cf" is the same grid_sample code on channels-first contiguous parameters, as
+runs when VQRF_KERNELS=torch); "torch_cf" is the same grid_sample code on channels-first contiguous parameters, as
 the original TensoRF stores them. Timings are wall-clock medians, ``torch.set_num_threads(os.cpu_count())``,
 each retried while other processes used more than --max-other of the CPU (the share seen is recorded).
 """

@@ -26,7 +26,9 @@ from vqrf.config import CompressConfig, demo_preset
 from vqrf.data.synthetic import make_demo_scene
 from vqrf.errors import VqrfError
 from vqrf.evaluate import evaluate
-from vqrf.train import RayPool, train
+from vqrf.render.volume import sample_weights
+from vqrf.step import RayPool
+from vqrf.train import train
 
 
 @pytest.fixture(scope="module")
@@ -66,20 +68,44 @@ def test_splat_is_the_gradient_of_bilinear_lookup():
     torch.testing.assert_close(target, ones.grad[0, 0])
 
 
+def splat_by_hand(target: np.ndarray, u: np.ndarray, v: np.ndarray, weights: np.ndarray) -> None:
+    """Add each weight to the 4 texels of ``target`` [H, W] around (u along W, v along H), coords in [-1, 1]
+    clamped to the border, align_corners=True; a corner past the last texel has coefficient 0 and is skipped."""
+    height, width = target.shape
+    x = (np.clip(u, -1, 1) + 1) / 2 * (width - 1)
+    y = (np.clip(v, -1, 1) + 1) / 2 * (height - 1)
+    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    fx, fy = x - x0, y - y0
+    for xs, wx in ((x0, 1 - fx), (x0 + 1, fx)):
+        for ys, wy in ((y0, 1 - fy), (y0 + 1, fy)):
+            inside = (xs < width) & (ys < height)
+            target += np.bincount(ys[inside] * width + xs[inside], (weights * wx * wy)[inside],
+                                  minlength=target.size).reshape(target.shape)
+
+
 def test_importance_carries_all_the_weight(demo_model, demo_importance):
-    """Bilinear coefficients sum to 1, so each plane's map sums to the total compositing weight of all rays."""
+    """Plane i's map is each sample's compositing weight splatted bilinearly at its projection on coords (0, 1),
+    (0, 2), (1, 2) for i = 0, 1, 2 (the first along W): it matches a by-hand splat, is exactly 0 where no sample
+    lands, and sums to the total weight of all rays."""
     model = load_model(demo_model)
     pool = RayPool(make_demo_scene("train", n_views=20, size=32), torch.device("cpu"))
+    want = [np.zeros(tuple(m.shape)) for m in demo_importance]
     total = 0.0
-    from vqrf.render.volume import sample_weights
-
     with torch.no_grad():
         for idx in torch.arange(pool.colors.shape[0]).split(4096):
             o, d, _ = pool.rays(idx)
-            total += float(sample_weights(model.field, model.occupancy, o, d, model.render_settings()).weights.sum())
-    for i, m in enumerate(demo_importance):
-        assert m.shape == plane_tensor(model.field, "density", i).shape[:2]
-        assert float(m.sum()) == pytest.approx(total, rel=1e-4)
+            samples = sample_weights(model.field, model.occupancy, o, d, model.render_settings())
+            uvw = model.field.normalize(samples.xyz).double().numpy()
+            weights = samples.weights.double().numpy()
+            total += weights.sum()
+            for target, (a, b) in zip(want, ((0, 1), (0, 2), (1, 2))):
+                splat_by_hand(target, uvw[:, a], uvw[:, b], weights)
+    assert total > 0
+    for i, (got, ref) in enumerate(zip(demo_importance, want)):
+        assert got.shape == plane_tensor(model.field, "density", i).shape[:2] == ref.shape
+        assert float(got.sum()) == pytest.approx(total, rel=1e-6)
+        np.testing.assert_allclose(got.numpy(), ref, rtol=1e-6, atol=1e-9 * total)
+        assert (got.numpy()[ref == 0] == 0).all()
 
 
 def test_cdf_split_fractions():

@@ -1,7 +1,11 @@
-"""The numba VM kernel against the F.grid_sample reference: values and gradients."""
+"""The numba VM kernel against the F.grid_sample reference (values and gradients), and the reference against a
+hand-written interpolation."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -132,14 +136,58 @@ def test_backward_with_points_bunched_in_few_rows():
 
 
 def test_env_forces_reference(monkeypatch):
+    """VQRF_KERNELS=torch swaps the numba Function for the grid_sample path, which gives the same features."""
     planes, lines = make_params((4, 4, 4))
     xyz = make_points(100)
-    monkeypatch.setenv("VQRF_KERNEL", "torch")
-    out = vm_features(planes, lines, xyz, False)
-    assert "VMFeatures" not in type(out.grad_fn).__name__
-    torch.testing.assert_close(out, vm_features_torch(planes, lines, xyz, False), rtol=0, atol=0)
-    monkeypatch.delenv("VQRF_KERNEL")
-    assert "VMFeatures" in type(vm_features(planes, lines, xyz, False).grad_fn).__name__
+    monkeypatch.delenv("VQRF_KERNELS", raising=False)
+    fast = vm_features(planes, lines, xyz, False)
+    assert "VMFeatures" in type(fast.grad_fn).__name__
+    monkeypatch.setenv("VQRF_KERNELS", "torch")
+    forced = vm_features(planes, lines, xyz, False)
+    assert "VMFeatures" not in type(forced.grad_fn).__name__
+    torch.testing.assert_close(forced, fast, **TOL)
+
+
+# The documented layout, written out independently of vm_kernel.MAT_MODE / VEC_MODE for the oracle below.
+PLANE_AXES = ((0, 1), (0, 2), (1, 2))
+LINE_AXES = (2, 1, 0)
+
+
+def oracle_axis(u: float, size: int) -> list[tuple[int, float]]:
+    """(texel, weight) of the in-grid corners of normalised coord ``u`` on an axis of ``size`` texels."""
+    f = (u + 1) / 2 * (size - 1)
+    i = math.floor(f)
+    return [(k, w) for k, w in ((i, 1 - (f - i)), (i + 1, f - i)) if 0 <= k < size]
+
+
+def oracle_features(planes: list[np.ndarray], lines: list[np.ndarray], p: tuple[float, float, float],
+                    reduce: bool) -> np.ndarray:
+    """Features of one point by plain loops: plane i [H, W, C] spans PLANE_AXES[i] = (a along W, b along H),
+    line i [L, C] runs along LINE_AXES[i]."""
+    feats = []
+    for plane, line, (a, b), c in zip(planes, lines, PLANE_AXES, LINE_AXES):
+        h, w, n = plane.shape
+        pv = sum((wx * wy * plane[y, x] for x, wx in oracle_axis(p[a], w) for y, wy in oracle_axis(p[b], h)),
+                 np.zeros(n))
+        lv = sum((wl * line[l] for l, wl in oracle_axis(p[c], line.shape[0])), np.zeros(n))
+        feats.append(pv * lv)
+    out = np.concatenate(feats)
+    return np.array([out.sum()]) if reduce else out
+
+
+@pytest.mark.parametrize("reduce", [True, False])
+def test_reference_matches_hand_interpolation(reduce):
+    """vm_features_torch is bilinear-plane x linear-line with align_corners=True and zero padding, pair 0 first."""
+    sizes = (6, 4, 3)  # every axis a different length: a swapped axis reads other texels or goes out of range
+    gen = torch.Generator().manual_seed(5)
+    planes = [torch.randn(sizes[b], sizes[a], n, generator=gen) for (a, b), n in zip(PLANE_AXES, (2, 1, 3))]
+    lines = [torch.randn(sizes[c], p.shape[2], generator=gen) for c, p in zip(LINE_AXES, planes)]
+    points = [(-1.0, -1.0, -1.0), (1.0, 1.0, 1.0), (0.3, -0.55, 0.8), (-0.9, 0.1, -0.2), (0.62, 0.95, -0.7),
+              (1.2, 0.4, -0.3), (0.2, -1.3, 0.6)]  # the last two: one corner in the grid, one in the padding
+    got = vm_features_torch(planes, lines, torch.tensor(points), reduce)
+    np_planes, np_lines = [p.double().numpy() for p in planes], [l.double().numpy() for l in lines]
+    want = np.stack([oracle_features(np_planes, np_lines, p, reduce) for p in points])
+    np.testing.assert_allclose(got.reshape(want.shape).numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_rejects_float64():

@@ -53,6 +53,12 @@ class LoadedModel:
     tensors: dict[str, torch.Tensor] = dc_field(default_factory=dict)
     """Tensors beyond the field's and the occupancy's (optimiser state in checkpoints)."""
 
+    def to(self, device: str | torch.device) -> "LoadedModel":
+        """Move the field and its occupancy grid to ``device`` (in place; returns self)."""
+        self.field = self.field.to(device)
+        self.occupancy = self.occupancy.to(device)
+        return self
+
     def render_settings(self) -> RenderSettings:
         t = self.preset.train
         return RenderSettings.for_field(self.field, self.scene.near, self.scene.far, self.scene.ndc,
@@ -91,8 +97,8 @@ def save_model(
         "extra": extra or {},
     }
     payload = {f"field.{k}": v.detach().cpu().contiguous() for k, v in field.state_dict().items()}
-    payload["occupancy.cells"] = occupancy.cells.contiguous()
-    payload["occupancy.aabb"] = occupancy.aabb.contiguous()
+    payload["occupancy.cells"] = occupancy.cells.cpu().contiguous()
+    payload["occupancy.aabb"] = occupancy.aabb.cpu().contiguous()
     for k, v in (tensors or {}).items():
         payload[f"extra.{k}"] = v.detach().cpu().contiguous()
     atomic_write(Path(path), lambda tmp: save_file(payload, str(tmp), metadata={"vqrf": json.dumps(header)}))
@@ -134,7 +140,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         field = TensorVM(torch.zeros(2, 3), header["grid"], preset.field).to(device)
         state = {k[len("field."):]: v for k, v in tensors.items() if k.startswith("field.")}
         field.load_state_dict(state)
-        occupancy = OccupancyGrid(tensors["occupancy.cells"].cpu(), tensors["occupancy.aabb"].cpu().float())
+        occupancy = OccupancyGrid(tensors["occupancy.cells"], tensors["occupancy.aabb"].float())
     except (KeyError, TypeError, RuntimeError) as e:
         raise VqrfError(path, f"inconsistent model file ({str(e).splitlines()[0]})") from None
     extra_tensors = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}

@@ -22,10 +22,18 @@ EXIT_BAD_INPUT = 2
 
 
 def _device(name: str) -> str:
+    """``--device``: cpu, cuda, cuda:N or auto (CUDA when there is one), checked against this machine."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VqrfError(None, "--device cuda requested but no CUDA device is available")
+    if name == "cpu":
+        return name
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise VqrfError(None, f"--device must be cpu, cuda, cuda:N or auto, got '{name}'")
+    if not torch.cuda.is_available():
+        raise VqrfError(None, f"--device {name} requested but no CUDA device is available")
+    if index and int(index) >= torch.cuda.device_count():
+        raise VqrfError(None, f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return name
 
 
@@ -306,7 +314,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from vqrf.data.synthetic import make_demo_scene
     from vqrf.evaluate import evaluate
     from vqrf.models import open_model
-    from vqrf.train import RayPool, train
+    from vqrf.step import RayPool
+    from vqrf.train import train
 
     out = Path(args.out)
     _refuse_overwrite(out / "model.safetensors", args.force)

@@ -35,6 +35,4 @@ def open_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         data = path.read_bytes()
     except OSError as e:
         raise VqrfError(path, f"cannot read ({e.strerror})") from None
-    model = decode_field(data, path)
-    model.field = model.field.to(device)
-    return model
+    return decode_field(data, path).to(device)

@@ -1,7 +1,11 @@
 """Joint fine-tuning of a vector-quantised field (method-spec §2.7), with the reference's bugs fixed.
 
-All parameters train on the rendering loss; every ``sync_every`` iterations each code is re-tied to the weighted mean
-of its texels. Pruned texels get no gradient, so they stay zero and never rejoin a code (the reference re-filled them).
+Each iteration is training's own step (:func:`vqrf.step.optimisation_step`) with the preset's L1 and TV terms and its
+learning-rate decay; what is fine-tuning's own is the learning-rate scale, no jitter and no random background
+(the reference's ``is_train=False``), and the VQ state: every ``sync_every`` iterations each code is re-tied to the
+weighted mean of its texels. Pruned texels get no gradient, so they stay zero and never rejoin a code (the reference
+re-filled them). Deliberate deviation: rays that cross no occupied cell are left out of the batches (they render the
+background whatever the field holds, so they carry no gradient).
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ from vqrf.compress.vq import VQState
 from vqrf.config import Preset
 from vqrf.fields.tensorf import TensorVM
 from vqrf.render.occupancy import OccupancyGrid
-from vqrf.render.volume import RenderSettings, hits_occupied, render_rays
-from vqrf.train import RayPool, _Sampler, _load_optimizer_tensors, _optimizer_tensors
+from vqrf.render.volume import RenderSettings, hits_occupied
+from vqrf.step import (LossWeights, RayPool, Sampler, load_optimizer_tensors, make_optimizer, optimisation_step,
+                       optimizer_tensors, restore_rng, rng_tensors, set_learning_rates)
 
-__all__ = ["FinetuneProgress", "finetune"]
+__all__ = ["FinetuneProgress", "finetune", "LOG_EVERY"]
+
+LOG_EVERY = 10
+"""Iterations between progress updates (the only device reads of the loop)."""
 
 
 @dataclass
@@ -31,7 +39,7 @@ class FinetuneProgress:
     epoch: int
     position: int
     optimizer: dict[str, torch.Tensor]
-    rng: torch.Tensor
+    rng: dict[str, torch.Tensor]
 
 
 def finetune(
@@ -44,62 +52,56 @@ def finetune(
     iters: int,
     sync_every: int = 10,
     lr_scale: float = 0.25,
-    decay_iters: int = 30000,
     progress: bool = True,
     resume: FinetuneProgress | None = None,
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[FinetuneProgress], None] | None = None,
 ) -> list[float]:
-    """Fine-tune ``field`` in place for ``iters`` steps, ending tied to ``state``; returns the per-step MSE.
+    """Fine-tune ``field`` in place for ``iters`` steps, ending tied to ``state``; returns the MSE every
+    ``LOG_EVERY`` steps.
 
-    With ``resume``, continues an interrupted run (``field`` and ``state`` as they were saved); every
-    ``checkpoint_every`` steps ``on_checkpoint`` receives the progress to save.
+    The learning rates start at ``lr_scale`` times the preset's and decay as in its training schedule
+    (``lr_decay_ratio`` over the preset's ``iters``). With ``resume``, continues an interrupted run (``field`` and
+    ``state`` as they were saved); every ``checkpoint_every`` steps ``on_checkpoint`` receives the progress to save.
     """
     cfg = preset.train
+    device = field.aabb.device
     if resume is None:
         state.apply(field)
     if iters <= 0:
         return []
-    if not settings.ndc:  # rays through empty space have nothing to learn
+    if not settings.ndc:
         pool.keep(lambda o, d: hits_occupied(field, occupancy, o, d, settings))
     start = resume.iteration if resume else 0
-    sampler = _Sampler(len(pool.valid), cfg.seed + 1, *((resume.epoch, resume.position) if resume else (0, 0)))
-    decay = cfg.lr_decay_ratio ** (1.0 / decay_iters)
-    opt = torch.optim.Adam(
-        [{"params": field.grid_parameters(), "lr": cfg.lr_grid * lr_scale * decay**start},
-         {"params": field.network_parameters(), "lr": cfg.lr_net * lr_scale * decay**start}],
-        betas=(0.9, 0.99), fused=True,
-    )
+    sampler = Sampler(len(pool.valid), cfg.seed + 1, *((resume.epoch, resume.position) if resume else (0, 0)),
+                      device=device)
+    decay = cfg.lr_decay_ratio ** (1.0 / cfg.iters)
+    opt = make_optimizer(field, cfg, lr_scale)
     if resume:
-        _load_optimizer_tensors(opt, resume.optimizer)
-        torch.set_rng_state(resume.rng)
+        load_optimizer_tensors(opt, resume.optimizer)
+        restore_rng(resume.rng, device)
     else:
-        torch.manual_seed(cfg.seed + 1)  # jitter and backgrounds: the same run gives the same file
+        torch.manual_seed(cfg.seed + 1)  # the same run gives the same file
     handles = state.prune_gradients(field)
     losses = []
-    bar = tqdm(range(start, iters), initial=start, total=iters, disable=not progress, desc="fine-tune", unit="it",
-               dynamic_ncols=True)
+    bar = tqdm(total=iters, initial=start, disable=not progress, desc="fine-tune", unit="it", dynamic_ncols=True)
     try:
-        for it in bar:
-            origins, directions, target = pool.rays(pool.valid[sampler.next(cfg.batch_rays)])
-            white = pool.scene.white_bg or bool(torch.rand(()) < 0.5)
-            out = render_rays(field, occupancy, origins, directions, settings, jitter=True, white_bg=white)
-            mse = torch.mean((out["rgb"] - target) ** 2)
-            loss = mse + cfg.l1_rest * field.density_l1() if cfg.l1_rest > 0 else mse
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for group in opt.param_groups:
-                group["lr"] *= decay
+        for it in range(start, iters):
+            set_learning_rates(opt, cfg, lr_scale * decay**it)
+            weights = LossWeights(cfg.l1_rest, cfg.tv_density * decay**it, cfg.tv_app * decay**it)
+            stats = optimisation_step(field, occupancy, opt, pool, sampler, cfg.batch_rays, settings, weights,
+                                      jitter=False, random_background=False)
             if (it + 1) % sync_every == 0 or it + 1 == iters:
                 state.sync(field)
-            losses.append(float(mse.detach()))
-            if it % 10 == 0:
+            if (it + 1) % LOG_EVERY == 0 or it + 1 == iters:
+                losses.append(float(stats.mse))
+                bar.update(it + 1 - bar.n)
                 bar.set_postfix(psnr=f"{-10 * math.log10(max(losses[-1], 1e-10)):.2f}")
             if on_checkpoint and checkpoint_every and (it + 1) % checkpoint_every == 0 and it + 1 < iters:
-                on_checkpoint(FinetuneProgress(it + 1, sampler.epoch, sampler.position, _optimizer_tensors(opt),
-                                               torch.get_rng_state()))
+                on_checkpoint(FinetuneProgress(it + 1, sampler.epoch, sampler.position, optimizer_tensors(opt),
+                                               rng_tensors(device)))
     finally:
         for h in handles:
             h.remove()
+        bar.close()
     return losses

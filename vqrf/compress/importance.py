@@ -21,7 +21,7 @@ from vqrf.fields.tensorf import TensorVM
 from vqrf.fields.vm_kernel import MAT_MODE
 from vqrf.render.occupancy import OccupancyGrid
 from vqrf.render.volume import RenderSettings, sample_weights
-from vqrf.train import RayPool
+from vqrf.step import RayPool
 
 __all__ = ["splat_bilinear", "plane_importance", "cached_importance"]
 
@@ -63,7 +63,7 @@ def plane_importance(
     Every pixel of ``pool`` is rendered once, without jitter.
     """
     maps = [torch.zeros(p.shape[:2], dtype=torch.float64, device=field.aabb.device) for p in field.density_planes]
-    pixels = torch.arange(pool.colors.shape[0])
+    pixels = torch.arange(pool.colors.shape[0], device=pool.device)
     for idx in tqdm(pixels.split(chunk), disable=not progress, desc="importance", unit="chunk", dynamic_ncols=True):
         origins, directions, _ = pool.rays(idx)
         samples = sample_weights(field, occupancy, origins, directions, settings)

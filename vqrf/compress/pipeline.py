@@ -24,7 +24,7 @@ from vqrf.config import CompressConfig
 from vqrf.data.scene import Scene
 from vqrf.errors import VqrfError
 from vqrf.fields.tensorf import TensorVM
-from vqrf.train import RayPool
+from vqrf.step import RayPool
 
 __all__ = ["CompressResult", "codebook_sizes", "compress_model", "compress_scene", "pruned_copy"]
 
@@ -106,7 +106,8 @@ def compress_model(
         seconds["rate_control"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    state = build_vq(field, importance, cfg.keep, cfg.non_prune, lambda n: codebook_sizes(cfg, n), cfg.seed, progress)
+    state = build_vq(field, importance, cfg.keep, cfg.non_prune, lambda n: codebook_sizes(cfg, n), cfg.seed,
+                     cfg.kmeans_iters, progress)
     seconds["codebooks"] = time.perf_counter() - start
     if on_stage:
         on_stage("pruned", pruned_copy(field, state), state)
@@ -164,7 +165,7 @@ def _save_progress(path: Path, model: LoadedModel, state: VQState, cfg: Compress
                    seconds: dict[str, float], info: dict[str, Any], progress: FinetuneProgress) -> None:
     """The field mid-fine-tuning, its VQ state and the optimiser, as one safetensors file (no pickle)."""
     tensors = {f"optim.{k}": v for k, v in progress.optimizer.items()}
-    tensors["rng"] = progress.rng
+    tensors.update(progress.rng)
     for i, code in enumerate(state.planes):
         tensors[f"vq.{i}.keep"] = code.keep.to(torch.uint8)
         tensors[f"vq.{i}.vq"] = code.vq.to(torch.uint8)
@@ -187,16 +188,16 @@ def _resume(path: Path, pool: RayPool, progress: bool, on_stage: StageCallback |
         t = saved.tensors
         planes = []
         for i in range(3):
-            code = PlaneCode(t[f"vq.{i}.keep"].bool().cpu(), t[f"vq.{i}.vq"].bool().cpu())
+            code = PlaneCode(t[f"vq.{i}.keep"].bool(), t[f"vq.{i}.vq"].bool())
             for kind in KINDS:
                 code.codebooks[kind] = t[f"vq.{i}.{kind}.codebook"]
                 code.indices[kind] = t[f"vq.{i}.{kind}.indices"].long()
             planes.append(code)
-        state = VQState(planes, [t[f"vq.{i}.weights"].cpu() for i in range(3)])
+        state = VQState(planes, [t[f"vq.{i}.weights"] for i in range(3)])
         cfg = CompressConfig(**meta["cfg"])
         resume = FinetuneProgress(meta["iteration"], meta["epoch"], meta["position"],
                                   {k[len("optim."):]: v for k, v in t.items() if k.startswith("optim.")},
-                                  t["rng"].cpu().to(torch.uint8))
+                                  {k: v for k, v in t.items() if k in ("rng", "rng_cuda")})
     except (KeyError, TypeError) as e:
         raise VqrfError(path, f"inconsistent compression checkpoint ({e})") from None
     if progress:

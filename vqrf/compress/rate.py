@@ -23,7 +23,7 @@ from vqrf.compress.vq import KINDS, PlaneCode, VQState, plane_tensor
 from vqrf.config import CompressConfig
 from vqrf.errors import VqrfError
 from vqrf.render.volume import render_rays
-from vqrf.train import RayPool
+from vqrf.step import RayPool
 
 __all__ = ["RatePlan", "plan_for_budget", "fit_budget", "parse_size"]
 

@@ -105,26 +105,29 @@ def build_vq(
     non_prune: float,
     codebook_size: Callable[[int], dict[str, int]],
     seed: int = 0,
+    kmeans_iters: int = 100,
     progress: bool = True,
 ) -> VQState:
-    """Split every plane position by importance and fit its 2 codebooks (weighted k-means) on the vq texels.
+    """Split every plane position by importance and fit its 2 codebooks (weighted k-means, at most ``kmeans_iters``
+    Lloyd iterations) on the vq texels. Masks, codes and weights live on the field's device.
 
     ``codebook_size(n_vq)`` gives the codes per kind for a plane position with ``n_vq`` vq texels.
     """
+    device = field.aabb.device
     planes = []
     bar = tqdm(total=3 * len(KINDS), disable=not progress, desc="codebooks", unit="plane", dynamic_ncols=True)
     for i, imp in enumerate(importance):
         imp = imp.cpu()
         keep_mask, vq_mask = cdf_split(imp, keep, non_prune)
-        code = PlaneCode(keep_mask, vq_mask)
+        code = PlaneCode(keep_mask.to(device), vq_mask.to(device))
         w = imp.flatten()[vq_mask.flatten()]
         sizes = codebook_size(int(vq_mask.sum()))
         for kind in KINDS:
             plane = plane_tensor(field, kind, i).detach().cpu()
             members = plane.reshape(-1, plane.shape[-1])[vq_mask.flatten()]
-            book, labels = fit_codebook(members, w, sizes[kind], seed=seed + i)
-            code.codebooks[kind], code.indices[kind] = book.to(field.aabb.device), labels.to(field.aabb.device)
+            book, labels = fit_codebook(members, w, sizes[kind], seed=seed + i, max_iter=kmeans_iters)
+            code.codebooks[kind], code.indices[kind] = book.to(device), labels.to(device)
             bar.update(1)
         planes.append(code)
     bar.close()
-    return VQState(planes, [m.cpu() for m in importance])
+    return VQState(planes, [m.to(device) for m in importance])

@@ -29,6 +29,10 @@ class Cameras:
     def __len__(self) -> int:
         return self.c2w.shape[0]
 
+    def to(self, device: str | torch.device) -> "Cameras":
+        return Cameras(self.c2w.to(device), self.fx.to(device), self.fy.to(device), self.cx.to(device),
+                       self.cy.to(device), self.width, self.height)
+
 
 @dataclass
 class Scene:

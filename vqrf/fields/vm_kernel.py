@@ -1,7 +1,7 @@
 """Fused TensoRF-VM feature lookup: bilinear plane x linear line, per component, for 3 plane/line pairs.
 
 On CPU tensors a numba kernel does the work (forward and backward, both cores); elsewhere (CUDA), or with the
-environment variable ``VQRF_KERNEL=torch``, the pure-PyTorch reference built on ``F.grid_sample`` runs instead.
+environment variable ``VQRF_KERNELS=torch``, the pure-PyTorch reference built on ``F.grid_sample`` runs instead.
 The backward of ``grid_sample`` dominates a PyTorch TensoRF step on a CPU; the numba path replaces it.
 
 Conventions (TensoRF ``TensorVMSplit``, ``align_corners=True``, zero padding):
@@ -15,7 +15,6 @@ Conventions (TensoRF ``TensorVMSplit``, ``align_corners=True``, zero padding):
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numba
@@ -24,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange, uint64
 from torch import Tensor
+
+from vqrf.backend import use_numba
 
 MAT_MODE = ((0, 1), (0, 2), (1, 2))
 VEC_MODE = (2, 1, 0)
@@ -312,7 +313,7 @@ def vm_features(planes: Sequence[Tensor], lines: Sequence[Tensor], xyz: Tensor, 
     """TensoRF-VM features of points: per component, bilinear plane value times linear line value.
 
     CPU tensors go through the fused numba kernel (threads: ``torch.get_num_threads()``); other devices, or the
-    environment variable ``VQRF_KERNEL=torch``, use the :func:`vm_features_torch` reference. Differentiable in
+    environment variable ``VQRF_KERNELS=torch``, use the :func:`vm_features_torch` reference. Differentiable in
     ``planes`` and ``lines``.
 
     Args:
@@ -324,7 +325,7 @@ def vm_features(planes: Sequence[Tensor], lines: Sequence[Tensor], xyz: Tensor, 
     Returns:
         [N] if ``reduce`` else [N, sum_i C_i], pair 0 first.
     """
-    if xyz.device.type != "cpu" or os.environ.get("VQRF_KERNEL") == "torch":
+    if not use_numba(xyz):
         return vm_features_torch(planes, lines, xyz, reduce)
     # The kernels do no bounds checks: a bad shape must fail here, not read past an array.
     if len(planes) != 3 or len(lines) != 3:

@@ -3,14 +3,21 @@
 Samples sit at t = t_start + step * (k + u) along each ray (u: one jitter per ray in training, 0 otherwise), as in
 TensoRF, but the samples in empty cells are never produced, so the field is queried only where something can be.
 The output is packed: all samples of ray 0, then ray 1, ... (nerfacc's layout).
+
+Two implementations emit the same samples: numba loops for CPU tensors (the fast path there) and a vectorised
+PyTorch version for every other device (CUDA) or when ``VQRF_KERNELS=torch``. Both compute sample positions and the
+cell test in float64 and round the emitted positions to float32, so they agree sample for sample.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 from numba import njit, prange
 
+from vqrf.backend import use_numba
 from vqrf.render.occupancy import OccupancyGrid
 
 __all__ = ["ray_box", "march", "count_samples"]
@@ -26,14 +33,19 @@ def ray_box(origins: torch.Tensor, directions: torch.Tensor, aabb: torch.Tensor,
     return t_in, t_out
 
 
+# A sample on the box's face (where every ray enters) may land a rounding error outside it: let it in.
+_FACE_TOLERANCE = 1e-3
+# Ray x step entries the PyTorch marcher holds at once (about 30 bytes each).
+_TORCH_BLOCK = 1 << 23
+
+
 @njit(cache=True, inline="always")
 def _occupied(x, y, z, lo, scale, cells) -> bool:
     fx = (x - lo[0]) * scale[0]
     fy = (y - lo[1]) * scale[1]
     fz = (z - lo[2]) * scale[2]
     nx, ny, nz = cells.shape
-    # A sample on the box's face (where every ray enters) may land a rounding error outside it: let it in.
-    tol = 1e-3
+    tol = _FACE_TOLERANCE
     if fx < -tol or fy < -tol or fz < -tol or fx > nx + tol or fy > ny + tol or fz > nz + tol:
         return False
     return cells[min(max(int(fx), 0), nx - 1), min(max(int(fy), 0), ny - 1), min(max(int(fz), 0), nz - 1)] != 0
@@ -98,9 +110,11 @@ def count_samples(
     max_samples: int,
 ) -> torch.Tensor:
     """[R] number of unjittered samples each ray would get in occupied space (no samples are materialised)."""
+    jitter = torch.zeros_like(t_start)
+    if not _numba_path(origins, occupancy):
+        return _march_torch(origins, directions, t_start, t_end, step, jitter, occupancy, max_samples, False)[3]
     counts = np.empty(origins.shape[0], dtype=np.int64)
-    jitter = np.zeros(origins.shape[0], dtype=np.float32)
-    _count(_host(origins), _host(directions), _host(t_start), _host(t_end), np.float32(step), jitter,
+    _count(_host(origins), _host(directions), _host(t_start), _host(t_end), np.float32(step), _host(jitter),
            *_grid_args(occupancy), max_samples, counts)
     return torch.from_numpy(counts).to(origins.device)
 
@@ -128,6 +142,8 @@ def march(
     Returns:
         xyz [M, 3], t [M], ray_ids [M] (int64, non-decreasing), counts [R] (int64), on the rays' device.
     """
+    if not _numba_path(origins, occupancy):
+        return _march_torch(origins, directions, t_start, t_end, step, jitter, occupancy, max_samples, True)
     device = origins.device
     o, d, t0, t1, u = _host(origins), _host(directions), _host(t_start), _host(t_end), _host(jitter)
     lo, scale, cells = _grid_args(occupancy)
@@ -144,3 +160,61 @@ def march(
     out = (torch.from_numpy(xyz), torch.from_numpy(ts), torch.from_numpy(ray_ids), torch.from_numpy(counts))
     return tuple(x.to(device) for x in out)
 
+
+def _numba_path(origins: torch.Tensor, occupancy: OccupancyGrid) -> bool:
+    return use_numba(origins) and occupancy.cells.device.type == "cpu"
+
+
+def _march_torch(
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    t_start: torch.Tensor,
+    t_end: torch.Tensor,
+    step: float,
+    jitter: torch.Tensor,
+    occupancy: OccupancyGrid,
+    max_samples: int,
+    materialise: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`march` in PyTorch on the rays' device: every (ray, step) candidate of a block of rays at once.
+
+    With ``materialise`` False only the counts are computed (the first three outputs are empty).
+    """
+    device = origins.device
+    cells = occupancy.cells.to(device)
+    shape = cells.shape
+    lo = occupancy.aabb[0].to(device, torch.float32).double()
+    # The same float32 scale as the numba path's, then float64 like its arithmetic.
+    extent = (occupancy.aabb[1] - occupancy.aabb[0]).to(device, torch.float32)
+    scale = (torch.tensor(shape, dtype=torch.float32, device=device) / extent).double()
+    step64 = float(np.float32(step))
+    n_rays = origins.shape[0]
+    # Steps worth trying: the longest ray's span (one sync), never more than the cap.
+    span = float(((t_end - t_start).clamp_min(0).double() / step64).max()) if n_rays else 0.0
+    n_steps = max(1, min(max_samples, math.floor(span) + 2))
+    ks = torch.arange(n_steps, device=device, dtype=torch.float64)
+    flat_cells = cells.reshape(-1)
+    counts, parts = [], []
+    block = max(1, _TORCH_BLOCK // n_steps)
+    for first in range(0, n_rays, block):
+        rows = slice(first, first + block)
+        o, d = origins[rows].double(), directions[rows].double()
+        t = t_start[rows, None].double() + step64 * (ks + jitter[rows, None].double())  # [r, S]
+        keep = t < t_end[rows, None].double()
+        flat = torch.zeros_like(t, dtype=torch.long)
+        for axis in range(3):
+            f = (o[:, axis, None] + t * d[:, axis, None] - lo[axis]) * scale[axis]
+            keep &= (f >= -_FACE_TOLERANCE) & (f <= shape[axis] + _FACE_TOLERANCE)
+            flat = flat * shape[axis] + f.long().clamp(0, shape[axis] - 1)
+        keep &= flat_cells[flat] != 0
+        counts.append(keep.sum(1))
+        if materialise:
+            ray, col = keep.nonzero(as_tuple=True)
+            ts = t[ray, col]
+            parts.append(((o[ray] + ts[:, None] * d[ray]).float(), ts.float(), ray + first))
+    counts = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long, device=device)
+    if not parts:
+        empty = torch.zeros(0, device=device)
+        return empty.reshape(0, 3), empty, empty.long(), counts
+    xyz, ts, ray_ids = (torch.cat(p) for p in zip(*parts))
+    return xyz, ts, ray_ids, counts

@@ -20,23 +20,26 @@ class OccupancyGrid:
     grid-point mask at x is > 0".
     """
 
-    cells: torch.Tensor  # [X-1, Y-1, Z-1] uint8
-    aabb: torch.Tensor  # [2, 3] float32, the box the grid points span
+    cells: torch.Tensor  # [X-1, Y-1, Z-1] uint8, on the field's device
+    aabb: torch.Tensor  # [2, 3] float32, the box the grid points span, on the same device
 
     @staticmethod
     def full(aabb: torch.Tensor) -> "OccupancyGrid":
         """Everything inside ``aabb`` is occupied (before the first mask update)."""
-        return OccupancyGrid(torch.ones(1, 1, 1, dtype=torch.uint8), aabb.detach().cpu().float().clone())
+        return OccupancyGrid(torch.ones(1, 1, 1, dtype=torch.uint8, device=aabb.device), aabb.detach().float().clone())
+
+    def to(self, device: str | torch.device) -> "OccupancyGrid":
+        return OccupancyGrid(self.cells.to(device), self.aabb.to(device))
 
     def occupied_fraction(self) -> float:
         return float(self.cells.float().mean())
 
     def query(self, xyz: torch.Tensor) -> torch.Tensor:
         """[N, 3] world points -> [N] bool: inside the box and in an occupied cell."""
-        size = torch.tensor(self.cells.shape, dtype=torch.float32)
-        rel = (xyz.cpu() - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
+        size = torch.tensor(self.cells.shape, dtype=torch.float32, device=self.cells.device)
+        rel = (xyz.to(self.cells.device) - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
         inside = ((rel >= 0) & (rel <= 1)).all(-1)
-        idx = (rel * size).long().clamp(min=torch.zeros(3, dtype=torch.long), max=size.long() - 1)
+        idx = (rel * size).long().clamp(min=torch.zeros_like(size, dtype=torch.long), max=size.long() - 1)
         return inside & self.cells[idx[:, 0], idx[:, 1], idx[:, 2]].bool()
 
 
@@ -60,7 +63,7 @@ def build_occupancy(
     mask = alpha >= threshold
     # A cell is occupied when any of its 8 corners is: max over each 2x2x2 block of grid points.
     cells = F.max_pool3d(mask.float()[None, None], kernel_size=2, stride=1)[0, 0].to(torch.uint8)
-    occupancy = OccupancyGrid(cells.cpu().contiguous(), field.aabb.detach().cpu().clone())
+    occupancy = OccupancyGrid(cells.contiguous(), field.aabb.detach().clone())
     if not mask.any():
         return occupancy, None
     valid = points[mask.reshape(-1)]

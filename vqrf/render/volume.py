@@ -120,13 +120,12 @@ def render_rays(
     if xyz.shape[0] > 0:
         shade = weights > settings.weight_thres
         acc = acc.index_add(0, ray_ids, weights)
-        if shade.any():
-            colors = field.color(xyz[shade], viewdirs[ray_ids[shade]])
-            rgb = rgb.index_add(0, ray_ids[shade], weights[shade, None] * colors)
-            # The few unshaded samples' weight goes to the shaded ones in proportion (instead of counting as black),
-            # so a higher threshold costs little quality; at threshold 0 this is exactly the usual sum.
-            shaded_mass = torch.zeros_like(acc).index_add(0, ray_ids[shade], weights[shade])
-            rgb = rgb * (acc / shaded_mass.clamp_min(1e-10))[:, None]
+        colors = field.color(xyz[shade], viewdirs[ray_ids[shade]])
+        rgb = rgb.index_add(0, ray_ids[shade], weights[shade, None] * colors)
+        # The few unshaded samples' weight goes to the shaded ones in proportion (instead of counting as black),
+        # so a higher threshold costs little quality; at threshold 0 this is exactly the usual sum.
+        shaded_mass = torch.zeros_like(acc).index_add(0, ray_ids[shade], weights[shade])
+        rgb = rgb * (acc / shaded_mass.clamp_min(1e-10))[:, None]
         depth = depth.index_add(0, ray_ids, weights * samples.t)
 
     if settings.white_bg if white_bg is None else white_bg:
@@ -146,12 +145,15 @@ def render_image(
 ) -> dict[str, torch.Tensor]:
     """Render many rays in bounded-memory chunks (no gradients): ``rgb`` [R, 3], ``depth`` [R], ``acc`` [R].
 
+    Each chunk is rendered on the field's device; the results come back on the device of ``origins``.
     ``cancelled`` is asked before each chunk; when it answers True the render stops with ``RenderCancelled`` (the
     viewer drops a frame whose camera has already moved on).
     """
+    device = field.aabb.device
     parts = []
     for o, d in zip(origins.split(chunk), directions.split(chunk)):
         if cancelled is not None and cancelled():
             raise RenderCancelled
-        parts.append(render_rays(field, occupancy, o, d, settings))
+        out = render_rays(field, occupancy, o.to(device), d.to(device), settings)
+        parts.append({k: out[k].to(origins.device) for k in ("rgb", "depth", "acc")})
     return {k: torch.cat([p[k] for p in parts]) for k in ("rgb", "depth", "acc")}

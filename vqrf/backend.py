@@ -1,0 +1,21 @@
+"""Which implementation of the hot loops runs: the numba CPU kernels, or their pure-PyTorch references.
+
+The numba kernels (VM feature lookup, ray marching) are the fast path for CPU tensors. Tensors on any other device
+(CUDA) take the PyTorch references, which are also what ``VQRF_KERNELS=torch`` forces on the CPU, so the code path a
+GPU runs can be tested on a machine without one.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["KERNELS_ENV", "use_numba"]
+
+KERNELS_ENV = "VQRF_KERNELS"
+
+
+def use_numba(tensor: torch.Tensor) -> bool:
+    """Whether work on ``tensor`` goes to the numba kernels: a CPU tensor, and the PyTorch path not forced."""
+    return tensor.device.type == "cpu" and os.environ.get(KERNELS_ENV, "").strip().lower() != "torch"
