@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import inspect
 import json
 import math
 import shutil
@@ -35,7 +34,7 @@ from typing import Any, Callable
 import torch
 
 from common import ROOT, add_doc_row, command, data_root, machine, peak_rss_mb, write_result
-from vqrf.checkpoint import load_model, save_model
+from vqrf.checkpoint import load_model
 from vqrf.compress.pipeline import compress_scene
 from vqrf.compress.rate import parse_size
 from vqrf.config import Preset, compress_defaults, preset_with
@@ -82,12 +81,24 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def train_supports_max_seconds() -> bool:
-    return "max_seconds" in inspect.signature(train).parameters
+class Stages:
+    """Runs the stages of a benchmark: logs each, records its seconds and the peak RSS so far in ``summary``, and
+    calls ``save`` after each, so a killed run keeps what it measured."""
 
+    def __init__(self, summary: dict[str, Any], save: Callable[[], None]):
+        self.summary, self.save = summary, save
+        summary.setdefault("stage_seconds", {})
+        summary.setdefault("stage_peak_rss_mb", {})
 
-class _TimeUp(Exception):
-    pass
+    def __call__(self, label: str, fn: Callable[[], Any]) -> Any:
+        log(f"stage {label}: start")
+        start = time.perf_counter()
+        value = fn()
+        self.summary["stage_seconds"][label] = time.perf_counter() - start
+        self.summary["stage_peak_rss_mb"][label] = peak_rss_mb()
+        log(f"stage {label}: {self.summary['stage_seconds'][label]:.1f} s (peak RSS so far {peak_rss_mb():,.0f} MB)")
+        self.save()
+        return value
 
 
 def train_stage(scene: Scene, preset: Preset, out: Path, device: str, max_seconds: float | None, fresh: bool,
@@ -95,8 +106,7 @@ def train_stage(scene: Scene, preset: Preset, out: Path, device: str, max_second
     """Train (resuming, or reusing a finished model trained with the same ``key``); returns the training figures.
 
     The iteration/time of every checkpoint is recorded, so the rate of the latest segment (the largest grid reached)
-    gives an extrapolation to the full schedule. When ``vqrf.train.train`` has no ``max_seconds`` yet, the limit is
-    applied at the first checkpoint past it (the checkpoint becomes the model).
+    gives an extrapolation to the full schedule.
     """
     model_path, checkpoint, record = out / "model.safetensors", out / "checkpoint.safetensors", out / "train.json"
     if fresh:
@@ -112,31 +122,15 @@ def train_stage(scene: Scene, preset: Preset, out: Path, device: str, max_second
 
     marks: list[tuple[int, float]] = []
     start = time.perf_counter()
-    native = train_supports_max_seconds()
 
     def on_checkpoint(iteration: int) -> None:
         marks.append((iteration, time.perf_counter() - start))
-        if max_seconds is not None and not native and time.perf_counter() - start >= max_seconds:
-            raise _TimeUp
 
-    kwargs: dict[str, Any] = {}
-    if max_seconds is not None:
-        if native:
-            kwargs["max_seconds"] = max_seconds
-        else:
-            log(f"train: vqrf.train.train has no max_seconds yet; stopping at the first checkpoint after "
-                f"{max_seconds:g} s (checkpoint every {preset.train.checkpoint_every} iterations)")
     resumed = checkpoint.is_file()
     memory = StageMemory(device)
-    try:
-        result = train(scene, preset, out, resume=True, device=device, progress=progress,
-                       on_checkpoint=on_checkpoint, **kwargs)
-        field, iters, seconds = result.field, result.iters, result.seconds
-    except _TimeUp:
-        ckpt = load_model(checkpoint, device)
-        state = ckpt.extra["train"]
-        save_model(model_path, ckpt.field, ckpt.occupancy, ckpt.preset, ckpt.scene)
-        field, iters, seconds = ckpt.field, state["iteration"], state["elapsed"]
+    result = train(scene, preset, out, resume=True, device=device, progress=progress, on_checkpoint=on_checkpoint,
+                   max_seconds=max_seconds)
+    field, iters, seconds = result.field, result.iters, result.seconds
     sync(device)
     wall = time.perf_counter() - start
     target = preset.train.iters
@@ -337,8 +331,6 @@ def main() -> None:
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "out" / name
     progress = sys.stderr.isatty()
     preset = preset_with(args.preset, args.iters, args.grid_init, args.grid_final, None, args.checkpoint_every)
-    if args.max_train_seconds is not None and not train_supports_max_seconds() and args.checkpoint_every is None:
-        preset.train.checkpoint_every = min(preset.train.checkpoint_every, 100)
     budget = parse_size(args.target_size)
 
     summary: dict[str, Any] = {
@@ -367,15 +359,7 @@ def main() -> None:
         else:
             write_result(name, summary)
 
-    def stage(label: str, fn: Callable[[], Any]) -> Any:
-        log(f"stage {label}: start")
-        start = time.perf_counter()
-        value = fn()
-        summary["stage_seconds"][label] = time.perf_counter() - start
-        summary["stage_peak_rss_mb"][label] = peak_rss_mb()
-        log(f"stage {label}: {summary['stage_seconds'][label]:.1f} s (peak RSS so far {peak_rss_mb():,.0f} MB)")
-        save()
-        return value
+    stage = Stages(summary, save)
 
     train_scene = stage("load_train", lambda: load_scene(scene_dir, "train", downscale=args.downscale))
     test_scene = stage("load_test", lambda: load_scene(scene_dir, "test", downscale=args.downscale))

@@ -17,12 +17,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from common import ROOT, add_doc_row, command, data_root, peak_rss_mb, write_result
-from full_protocol import compress_stage, fmt, log, run_scorer, score, show_path, train_stage
+from full_protocol import Stages, compress_stage, fmt, log, run_scorer, score, show_path, train_stage
 from vqrf.checkpoint import load_model
 from vqrf.compress.rate import parse_size
 from vqrf.config import preset_with
@@ -71,15 +71,7 @@ def main() -> None:
         summary["peak_rss_mb"] = peak_rss_mb()
         write_result(args.name, summary)
 
-    def stage(label: str, fn: Callable[[], Any]) -> Any:
-        log(f"stage {label}: start")
-        start = time.perf_counter()
-        value = fn()
-        summary["stage_seconds"][label] = time.perf_counter() - start
-        summary["stage_peak_rss_mb"][label] = peak_rss_mb()
-        log(f"stage {label}: {summary['stage_seconds'][label]:.1f} s (peak RSS so far {peak_rss_mb():,.0f} MB)")
-        save()
-        return value
+    stage = Stages(summary, save)
 
     train_scene = stage("load_train", lambda: load_scene(lego, "train", downscale=args.downscale))
     test_scene = stage("load_test", lambda: load_scene(lego, "test", downscale=args.downscale))
