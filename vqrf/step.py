@@ -21,8 +21,12 @@ from vqrf.render.occupancy import OccupancyGrid
 from vqrf.render.rays import camera_rays_at, ndc_rays
 from vqrf.render.volume import RenderSettings, render_rays
 
-__all__ = ["RayPool", "Sampler", "LossWeights", "StepStats", "optimisation_step", "make_optimizer",
+__all__ = ["LOG_EVERY", "RayPool", "Sampler", "LossWeights", "StepStats", "optimisation_step", "make_optimizer",
            "set_learning_rates", "optimizer_tensors", "load_optimizer_tensors", "rng_tensors", "restore_rng"]
+
+
+LOG_EVERY = 10
+"""Iterations between progress updates in the loops that take this step: the only times they read values back."""
 
 
 class RayPool:

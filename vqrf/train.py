@@ -26,14 +26,12 @@ from vqrf.fields.tensorf import TensorVM, grid_schedule, voxels_to_grid
 from vqrf.render.march import ray_box
 from vqrf.render.occupancy import OccupancyGrid, build_occupancy
 from vqrf.render.volume import RenderSettings, hits_occupied
-from vqrf.step import (LossWeights, RayPool, Sampler, load_optimizer_tensors, make_optimizer, optimisation_step,
-                       optimizer_tensors, restore_rng, rng_tensors, set_learning_rates)
+from vqrf.step import (LOG_EVERY, LossWeights, RayPool, Sampler, load_optimizer_tensors, make_optimizer,
+                       optimisation_step, optimizer_tensors, restore_rng, rng_tensors, set_learning_rates)
 
-__all__ = ["TrainResult", "train", "scene_info", "LOG_EVERY"]
+__all__ = ["TrainResult", "train", "scene_info"]
 
 MAX_MASK_VOXELS = 256**3
-LOG_EVERY = 10
-"""Iterations between progress updates: the only times the loop reads values back from the device."""
 
 
 def scene_info(scene: Scene) -> SceneInfo:

@@ -22,13 +22,10 @@ from vqrf.config import Preset
 from vqrf.fields.tensorf import TensorVM
 from vqrf.render.occupancy import OccupancyGrid
 from vqrf.render.volume import RenderSettings, hits_occupied
-from vqrf.step import (LossWeights, RayPool, Sampler, load_optimizer_tensors, make_optimizer, optimisation_step,
-                       optimizer_tensors, restore_rng, rng_tensors, set_learning_rates)
+from vqrf.step import (LOG_EVERY, LossWeights, RayPool, Sampler, load_optimizer_tensors, make_optimizer,
+                       optimisation_step, optimizer_tensors, restore_rng, rng_tensors, set_learning_rates)
 
-__all__ = ["FinetuneProgress", "finetune", "LOG_EVERY"]
-
-LOG_EVERY = 10
-"""Iterations between progress updates (the only device reads of the loop)."""
+__all__ = ["FinetuneProgress", "finetune"]
 
 
 @dataclass
@@ -87,8 +84,9 @@ def finetune(
     bar = tqdm(total=iters, initial=start, disable=not progress, desc="fine-tune", unit="it", dynamic_ncols=True)
     try:
         for it in range(start, iters):
-            set_learning_rates(opt, cfg, lr_scale * decay**it)
-            weights = LossWeights(cfg.l1_rest, cfg.tv_density * decay**it, cfg.tv_app * decay**it)
+            factor = decay**it
+            set_learning_rates(opt, cfg, lr_scale * factor)
+            weights = LossWeights(cfg.l1_rest, cfg.tv_density * factor, cfg.tv_app * factor)
             stats = optimisation_step(field, occupancy, opt, pool, sampler, cfg.batch_rays, settings, weights,
                                       jitter=False, random_background=False)
             if (it + 1) % sync_every == 0 or it + 1 == iters:
