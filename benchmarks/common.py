@@ -66,3 +66,17 @@ def add_doc_row(section: str, header: str, row: str) -> None:
     else:
         tail = tail[:table_end] + "\n" + row + tail[table_end:]
     DOCS.write_text(head + marker + tail)
+
+
+def kernel_run_info(load_before: tuple[float, float, float], doc: str) -> dict:
+    """What a kernel benchmark records beside its timings: numba's version and threading layer, the load average
+    before and after (other work on the machine skews timings), and the script's notes (its docstring's third part)."""
+    import numba
+
+    return {
+        "numba": numba.__version__,
+        "numba_threading_layer": numba.threading_layer(),
+        "load_average_1_5_15": {"before": [round(x, 2) for x in load_before],
+                                "after": [round(x, 2) for x in os.getloadavg()]},
+        "notes": doc.split("\n\n", 2)[2].strip(),
+    }

@@ -201,7 +201,7 @@ def compress_stage(model_path: Path, train_scene: Scene, test_scene: Scene, data
                    vgg_weights: str | None, progress: bool) -> dict[str, Any]:
     """Compress a fresh copy of the trained model, write the .vqrf, open that file again and score it."""
     model = load_model(model_path, device)  # fine-tuning changes the field in place: every run starts from the file
-    cfg = compress_defaults(model.preset.dataset)
+    cfg = compress_defaults(model.preset.dataset, model.preset.field_type)
     if finetune_iters is not None:
         cfg.finetune_iters = finetune_iters
     cache = model_path.with_name(model_path.stem + ".importance.safetensors")
@@ -293,7 +293,10 @@ def main() -> None:
     ap.add_argument("--scene", required=True, help="a NeRF-Synthetic scene folder (transforms_*.json + images)")
     ap.add_argument("--device", default="cuda", help="cuda (default; refused without CUDA) or cpu")
     ap.add_argument("--preset", default="syn")
-    ap.add_argument("--iters", type=int, default=30000, help="training iterations (the schedule scales with them)")
+    ap.add_argument("--field", default="tensorf", choices=("tensorf", "dvgo"),
+                    help="dvgo: the paper's VQ-DVGO protocol (coarse 5k + fine 20k iterations; --iters sets the fine)")
+    ap.add_argument("--iters", type=int, default=None, help="training iterations (default: the preset's, 30000 for "
+                    "tensorf syn, 20000 fine for dvgo; the schedule scales with them)")
     ap.add_argument("--max-train-seconds", type=float, default=None,
                     help="stop training at this wall-clock limit; the result extrapolates to --iters")
     ap.add_argument("--every", type=int, default=1, help="score test views 0, every, 2*every, ... (1: all 200)")
@@ -330,12 +333,13 @@ def main() -> None:
     name = args.name or f"full_protocol_{scene_dir.name}_{device.split(':')[0]}"
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "out" / name
     progress = sys.stderr.isatty()
-    preset = preset_with(args.preset, args.iters, args.grid_init, args.grid_final, None, args.checkpoint_every)
+    preset = preset_with(args.preset, args.iters, args.grid_init, args.grid_final, None, args.checkpoint_every,
+                         args.field)
     budget = parse_size(args.target_size)
 
     summary: dict[str, Any] = {
         "protocol": f"{scene_dir.name}: train split at downscale {args.downscale:g}, preset {args.preset}, "
-                    f"{args.iters} iterations; test views 0,{args.every},... ; white background",
+                    f"{preset.train.iters} iterations; test views 0,{args.every},... ; white background",
         "complete": False,
         "scene": str(scene_dir),
         "device": device,

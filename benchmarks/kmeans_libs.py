@@ -19,7 +19,7 @@ import torch
 
 from common import ROOT, add_doc_row, data_root, write_result
 from vqrf.checkpoint import load_model
-from vqrf.compress.importance import cached_importance, plane_importance
+from vqrf.compress.importance import cached_importance, grid_importance
 from vqrf.compress.split import cdf_split
 from vqrf.data import load_scene
 from vqrf.step import RayPool
@@ -41,7 +41,7 @@ def main() -> None:
     model = load_model(model_path)
     lego = data_root() / "nerf_synthetic" / "lego"
     scene = load_scene(lego, "train", downscale=4)
-    maps = cached_importance(model_path, str(lego), 4.0, lambda: plane_importance(
+    maps = cached_importance(model_path, str(lego), 4.0, lambda: grid_importance(
         model.field, model.occupancy, RayPool(scene, torch.device("cpu")), model.render_settings(), progress=False))
     imp = maps[0].float()
     _, vq = cdf_split(imp, 0.7, 0.999)

@@ -16,10 +16,10 @@ import torch
 
 from common import ROOT, add_doc_row, data_root, write_result
 from vqrf.checkpoint import load_model
-from vqrf.compress.importance import cached_importance, plane_importance
+from vqrf.compress.importance import cached_importance, grid_importance
 from vqrf.compress.pipeline import pruned_copy
 from vqrf.compress.split import cdf_split
-from vqrf.compress.vq import PlaneCode, VQState
+from vqrf.compress.vq import GridCode, VQState
 from vqrf.data import load_scene
 from vqrf.evaluate import evaluate
 from vqrf.step import RayPool
@@ -33,14 +33,14 @@ def main() -> None:
     model_path = Path(args.model)
     model = load_model(model_path)
     lego = data_root() / "nerf_synthetic" / "lego"
-    maps = cached_importance(model_path, str(lego), 4.0, lambda: plane_importance(
+    maps = cached_importance(model_path, str(lego), 4.0, lambda: grid_importance(
         model.field, model.occupancy, RayPool(load_scene(lego, "train", downscale=4), torch.device("cpu")),
         model.render_settings(), progress=False))
     test = load_scene(lego, "test", downscale=4)
     original = evaluate(model, test, every=8, use_lpips=False, progress=False)["psnr"]
     rows = []
     for fraction in (float(f) for f in args.fractions.split(",")):
-        state = VQState([PlaneCode(*cdf_split(m.cpu(), 0.0, fraction)) for m in maps], maps)
+        state = VQState([GridCode(*cdf_split(m.cpu(), 0.0, fraction)) for m in maps], maps)
         view = load_model(model_path)
         view.field = pruned_copy(model.field, state)
         psnr = evaluate(view, test, every=8, use_lpips=False, progress=False)["psnr"]

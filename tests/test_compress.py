@@ -16,15 +16,16 @@ from vqrf.cli import main
 from vqrf.compress.codebook import assign, fit_codebook, weighted_code_means
 from vqrf.compress.codec import Precision, decode_field, encode_field
 from vqrf.compress.container import decode_container, encode_container
-from vqrf.compress.importance import plane_importance, splat_bilinear
+from vqrf.compress.importance import grid_importance
 from vqrf.compress.pipeline import compress_model
 from vqrf.compress.quantize import quantize_affine, quantize_range
 from vqrf.compress.rate import parse_size
 from vqrf.compress.split import cdf_split
-from vqrf.compress.vq import KINDS, build_vq, plane_tensor
+from vqrf.compress.vq import build_vq, rows
 from vqrf.config import CompressConfig, demo_preset
 from vqrf.data.synthetic import make_demo_scene
 from vqrf.errors import VqrfError
+from vqrf.fields.splat import splat_bilinear
 from vqrf.evaluate import evaluate
 from vqrf.render.volume import sample_weights
 from vqrf.step import RayPool
@@ -45,7 +46,7 @@ def demo_model(tmp_path_factory) -> Path:
 def demo_importance(demo_model) -> list[torch.Tensor]:
     model = load_model(demo_model)
     pool = RayPool(make_demo_scene("train", n_views=20, size=32), torch.device("cpu"))
-    return plane_importance(model.field, model.occupancy, pool, model.render_settings(), progress=False)
+    return grid_importance(model.field, model.occupancy, pool, model.render_settings(), progress=False)
 
 
 def small_config(**kw) -> CompressConfig:
@@ -102,7 +103,7 @@ def test_importance_carries_all_the_weight(demo_model, demo_importance):
                 splat_by_hand(target, uvw[:, a], uvw[:, b], weights)
     assert total > 0
     for i, (got, ref) in enumerate(zip(demo_importance, want)):
-        assert got.shape == plane_tensor(model.field, "density", i).shape[:2] == ref.shape
+        assert got.shape == model.field.density_planes[i].shape[:2] == ref.shape
         assert float(got.sum()) == pytest.approx(total, rel=1e-6)
         np.testing.assert_allclose(got.numpy(), ref, rtol=1e-6, atol=1e-9 * total)
         assert (got.numpy()[ref == 0] == 0).all()
@@ -170,16 +171,16 @@ def test_parse_size():
 @pytest.mark.parametrize("precision", [Precision(), Precision("int8", "int8", "int8"), Precision("fp16")])
 def test_decoded_field_is_the_quantised_field(demo_model, demo_importance, precision):
     model = load_model(demo_model)
-    state = build_vq(model.field, demo_importance, 0.5, 0.99, lambda n: {k: 32 for k in KINDS}, progress=False)
+    state = build_vq(model.field, demo_importance, 0.5, 0.99, lambda n: 32, progress=False)
     state.apply(model.field)
     data = encode_field(model.field, state, model.occupancy, model.preset, model.scene, precision)
     decoded = decode_field(data, "x.vqrf")
     assert decoded.field.grid_size == model.field.grid_size
     assert torch.equal(decoded.occupancy.cells, model.occupancy.cells)
-    for i, code in enumerate(state.planes):
-        for kind in KINDS:
-            got = plane_tensor(decoded.field, kind, i).reshape(-1, plane_tensor(decoded.field, kind, i).shape[-1])
-            want = plane_tensor(model.field, kind, i).detach().reshape(got.shape)
+    for code, got_grid, want_grid in zip(state.grids, decoded.field.feature_grids(), model.field.feature_grids()):
+        for kind in want_grid.quantised:
+            got = rows(got_grid.tensors[kind])
+            want = rows(want_grid.tensors[kind].detach())
             pruned = ~code.non_pruned.flatten()
             assert (got[pruned] == 0).all()
             tol = 2e-3 if precision.codebooks == "fp16" else float((want.max() - want.min()) / (precision.codebook_levels - 1))
@@ -204,11 +205,10 @@ def test_pipeline_keeps_quality_and_pruned_texels_stay_zero(demo_model, demo_imp
     after = evaluate(result.model, scene, use_lpips=False, progress=False)["psnr"]
     assert after > before - 1.5, (before, after)
     assert len(result.data) < 0.25 * demo_model.stat().st_size
-    for i, code in enumerate(result.state.planes):
+    for code, grid in zip(result.state.grids, result.model.field.feature_grids()):
         assert (~code.non_pruned).any()
-        for kind in KINDS:
-            plane = plane_tensor(result.model.field, kind, i)
-            assert (plane[~code.non_pruned] == 0).all()
+        for tensor in grid.tensors.values():
+            assert (tensor[~code.non_pruned] == 0).all()
     tiers = result.info["tiers"]
     assert tiers["keep"] > 0 and tiers["vq"] > 0 and tiers["pruned"] > 0
 
@@ -230,7 +230,7 @@ def test_rate_control_lands_under_budget(demo_model, demo_importance):
 @pytest.fixture(scope="module")
 def small_file(demo_model, demo_importance) -> bytes:
     model = load_model(demo_model)
-    state = build_vq(model.field, demo_importance, 0.5, 0.99, lambda n: {k: 16 for k in KINDS}, progress=False)
+    state = build_vq(model.field, demo_importance, 0.5, 0.99, lambda n: 16, progress=False)
     state.apply(model.field)
     return encode_field(model.field, state, model.occupancy, model.preset, model.scene, Precision("int8", "int8", "int8"))
 
@@ -335,9 +335,9 @@ def test_fit_budget_moves_the_least_important_kept_texels_to_codes(demo_model, d
     from vqrf.compress.rate import fit_budget
 
     model = load_model(demo_model)
-    state = build_vq(model.field, demo_importance, 0.6, 0.99, lambda n: {k: 32 for k in KINDS}, progress=False)
+    state = build_vq(model.field, demo_importance, 0.6, 0.99, lambda n: 32, progress=False)
     state.apply(model.field)
-    before = [c.keep.clone() for c in state.planes]
+    before = [c.keep.clone() for c in state.grids]
 
     def encode(st):
         return encode_field(model.field, st, model.occupancy, model.preset, model.scene)
@@ -345,17 +345,17 @@ def test_fit_budget_moves_the_least_important_kept_texels_to_codes(demo_model, d
     budget = len(encode(state)) - 3000
     data, moved = fit_budget(model, state, encode, budget)
     assert len(data) <= budget and moved > 0
-    assert sum(int((b & ~c.keep).sum()) for b, c in zip(before, state.planes)) == moved
-    for i, code in enumerate(state.planes):
+    assert sum(int((b & ~c.keep).sum()) for b, c in zip(before, state.grids)) == moved
+    for i, (code, grid) in enumerate(zip(state.grids, model.field.feature_grids())):
         assert not (code.keep & ~before[i]).any()  # nothing is promoted
         assert not (code.keep & code.vq).any()
-        for kind in KINDS:
-            plane = plane_tensor(model.field, kind, i).detach().reshape(-1, code.codebooks[kind].shape[1])
+        for kind in grid.quantised:
+            plane = rows(grid.tensors[kind].detach())
             assert code.indices[kind].numel() == int(code.vq.sum())
             torch.testing.assert_close(plane[code.vq.flatten()], code.codebooks[kind][code.indices[kind]])
     demoted_importance = max(float(demo_importance[i][b & ~c.keep].max()) for i, (b, c) in
-                             enumerate(zip(before, state.planes)) if (b & ~c.keep).any())
-    still_kept = min(float(demo_importance[i][c.keep].min()) for i, c in enumerate(state.planes) if c.keep.any())
+                             enumerate(zip(before, state.grids)) if (b & ~c.keep).any())
+    still_kept = min(float(demo_importance[i][c.keep].min()) for i, c in enumerate(state.grids) if c.keep.any())
     assert demoted_importance <= still_kept
 
 

@@ -204,3 +204,16 @@ def test_rejects_bad_shapes():
         vm_features(planes, [lines[0], lines[1], torch.zeros(19, 5)], make_points(10), True)
     with pytest.raises(ValueError):
         vm_features(planes[:2], lines, make_points(10), True)
+
+
+def test_thread_bands_ignore_nan_points():
+    """A NaN among the sampled points once turned every band boundary into INT64_MIN (one thread did all the work,
+    and the zeroing of its band could cover another thread's rows)."""
+    xyz = make_points(2000)
+    xyz[::3] = float("nan")
+    dims = vm_kernel._dims(*make_params((4, 4, 4)))
+    bands = vm_kernel._bands(xyz, dims, 3)
+    for i in range(3):
+        assert bands[i, 0] == 0 and bands[i, -1] == dims[i, 0]
+        assert (np.diff(bands[i]) >= 0).all()
+        assert (bands[i, 1:-1] > 0).any()  # the rows really are shared out

@@ -83,6 +83,8 @@ class Budget:
 
     preset: str | None = None
     """Preset for every scene; None: the dataset's (for ``custom``, by each scene's format)."""
+    field: str = "tensorf"
+    """Field type trained for every scene: 'tensorf' or 'dvgo'."""
     iters: int | None = None
     grid_init: int | None = None
     """Initial grid: about N^3 voxels."""
@@ -121,13 +123,13 @@ class SceneJob:
     def settings(self) -> dict[str, Any]:
         """What the trained model and the .vqrf depend on: a scene is only resumed with the same."""
         cfg = self.preset.train
-        return {"preset": self.preset.name, "iters": cfg.iters, "n_voxel_init": cfg.n_voxel_init,
+        return {"field": self.preset.field_type, "preset": self.preset.name, "iters": cfg.iters, "n_voxel_init": cfg.n_voxel_init,
                 "n_voxel_final": cfg.n_voxel_final, "batch_rays": cfg.batch_rays, "downscale": self.downscale,
                 "target_size": self.target_size, "finetune_iters": self.compress_config().finetune_steps(self.preset)}
 
     def compress_config(self) -> CompressConfig:
         """The reference's split for this scene's format (nsvf and llff prune nothing), with the budget's steps."""
-        cfg = compress_defaults(self.kind)
+        cfg = compress_defaults(self.kind, self.preset.field_type)
         cfg.finetune_iters = self.finetune_iters
         return cfg
 
@@ -182,7 +184,7 @@ def _check_budget(budget: Budget) -> None:
 def scene_job(source: SceneSource, budget: Budget, out: Path, lpips_weights: str | None, threads: int) -> SceneJob:
     """The task for ``source`` under ``budget``, writing into ``out/<scene>``, on ``threads`` CPU threads."""
     preset = preset_with(budget.preset or _DEFAULT_PRESET[source.kind], budget.iters, budget.grid_init,
-                         budget.grid_final, budget.batch_rays, budget.checkpoint_every)
+                         budget.grid_final, budget.batch_rays, budget.checkpoint_every, budget.field)
     downscale = preset.downscale if budget.downscale is None else budget.downscale
     return SceneJob(source.name, str(source.path), source.kind, str(out / source.name), preset, downscale,
                     budget.target_size, budget.finetune_iters, budget.eval_every, lpips_weights, threads)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from vqrf.config import Preset
 from vqrf.errors import VqrfError
-from vqrf.fields.tensorf import TensorVM
+from vqrf.fields import Field, create_field
 from vqrf.render.occupancy import OccupancyGrid
 from vqrf.render.volume import RenderSettings
 
@@ -45,7 +45,7 @@ class SceneInfo:
 
 @dataclass
 class LoadedModel:
-    field: TensorVM
+    field: Field
     occupancy: OccupancyGrid
     preset: Preset
     scene: SceneInfo
@@ -80,7 +80,7 @@ def atomic_write(path: Path, write) -> None:
 
 def save_model(
     path: Path,
-    field: TensorVM,
+    field: Field,
     occupancy: OccupancyGrid,
     preset: Preset,
     scene: SceneInfo,
@@ -91,6 +91,7 @@ def save_model(
     header = {
         "format": FORMAT,
         "version": VERSION,
+        "field_type": field.field_type,
         "grid": field.grid_size,
         "preset": preset.to_dict(),
         "scene": scene.__dict__,
@@ -137,7 +138,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     try:
         preset = Preset.from_dict(header["preset"])
         scene = SceneInfo(**header["scene"])
-        field = TensorVM(torch.zeros(2, 3), header["grid"], preset.field).to(device)
+        field = create_field(preset.field, torch.zeros(2, 3), header["grid"]).to(device)
         state = {k[len("field."):]: v for k, v in tensors.items() if k.startswith("field.")}
         field.load_state_dict(state)
         occupancy = OccupancyGrid(tensors["occupancy.cells"], tensors["occupancy.aabb"].float())

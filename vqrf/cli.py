@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from vqrf import __version__
-from vqrf.config import PRESETS, demo_preset, preset_with
+from vqrf.config import FIELD_TYPES, PRESET_NAMES, demo_preset, preset_with
 from vqrf.errors import VqrfError
 
 EXIT_BAD_INPUT = 2
@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vqrf.train import train
 
     preset = preset_with(args.preset, args.iters, args.grid_init, args.grid_final, args.batch_rays,
-                         args.checkpoint_every)
+                         args.checkpoint_every, args.field)
     downscale = preset.downscale if args.downscale is None else args.downscale
     out = Path(args.out)
     model_path = out / "model.safetensors"
@@ -69,8 +69,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not resuming:
         _refuse_overwrite(model_path, args.force)
     scene = load_scene(args.data, split="train", downscale=downscale, kind=args.kind)
-    print(f"vqrf train: {scene.name} ({len(scene)} views, {scene.hw[1]}x{scene.hw[0]}), preset {preset.name}, "
-          f"{preset.train.iters} iterations{' (resuming)' if resuming else ''}")
+    stages = f"{preset.coarse.train.iters} coarse + " if preset.coarse else ""
+    print(f"vqrf train: {scene.name} ({len(scene)} views, {scene.hw[1]}x{scene.hw[0]}), {preset.field_type} preset "
+          f"{preset.name}, {stages}{preset.train.iters} iterations{' (resuming)' if resuming else ''}")
     result = train(scene, preset, out, resume=args.resume, device=_device(args.device), progress=not args.quiet)
     print(f"model: {model_path}  ({model_path.stat().st_size / 2**20:.2f} MiB, grid {result.field.grid_size}, "
           f"{result.seconds:.0f} s)")
@@ -110,7 +111,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if is_compressed(args.model):
         raise VqrfError(args.model, "is already compressed; compress the trained model (.safetensors)")
     model = open_model(args.model, _device(args.device))
-    cfg = compress_defaults(model.preset.dataset)
+    cfg = compress_defaults(model.preset.dataset, model.preset.field_type)
     for name in ("keep", "non_prune", "codebook_size", "finetune_iters", "sync_every"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
@@ -154,16 +155,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
         print(f"decoded file on {metrics['views']} test views: PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}")
     atomic_write(out, lambda tmp: tmp.write_bytes(data))
     rows = [("file", f"{out}  {len(data):,} bytes ({len(data) / 2**20:.3f} MiB)"),
-            ("texels", describe_tiers(result.info["tiers"])),
-            ("codebooks", ", ".join(f"{c['density']}/{c['app']}" for c in result.info["codebooks"])
-             + " codes (density/appearance per plane)"),
+            ("sites", describe_tiers(result.info["tiers"])),
+            ("codebooks", "; ".join(", ".join(f"{kind} {size}" for kind, size in per_grid.items())
+                                    for per_grid in result.info["codebooks"]) + " codes (per feature grid)"),
             ("time", ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))]
     if "rate" in result.info:
         r = result.info["rate"]
         prec = r["precision"]
         rows.insert(1, ("chose", f"keep {r['keep']:.3f}, {r['codebook_size']} codes, codebooks {prec['codebooks']} "
                                  f"({prec['codebook_levels']} levels), lines {prec['lines']}, MLP {prec['network']}"
-                                 + (f", {r['demoted']} kept texels moved to codes to fit" if r["demoted"] else "")))
+                                 + (f", {r['demoted']} kept sites moved to codes to fit" if r["demoted"] else "")))
     print(_table(rows))
     print(f"next: vqrf eval {out} --data {args.data}")
     return 0
@@ -240,6 +241,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     field = model.field
     rows = [
         ("file", f"{args.model} ({Path(args.model).stat().st_size / 2**20:.2f} MiB)"),
+        ("field", field.field_type),
         ("preset", model.preset.name),
         ("grid", "x".join(map(str, field.grid_size))),
         ("box", " ".join(f"{v:.3f}" for v in field.aabb.flatten().tolist())),
@@ -265,33 +267,37 @@ def _info_compressed(path: Path) -> int:
     data = path.read_bytes()
     meta = model.extra["compressed"]
     stats = meta.get("stats", {})
+    roles = {f"param.{name}": role for name, role in model.field.parameter_roles().items()}
     groups: dict[str, int] = {}
     for s in section_sizes(data, path):
-        head = s["name"].split(".")[0]
-        group = {"occupancy": "occupancy mask"}.get(head) or (
-            "masks" if s["name"].endswith("_mask") else
-            "indices" if s["name"].endswith(".indices") else
-            "codebooks" if ".codebook" in s["name"] else
-            "kept features" if ".keep" in s["name"] else
-            "lines" if head.startswith("line") else "basis + MLP")
+        name = s["name"].removesuffix(".scale").removesuffix(".offset")
+        group = ("occupancy mask" if name == "occupancy" else
+                 "masks" if name.endswith("_mask") else
+                 "indices" if name.endswith(".indices") else
+                 "codebooks" if name.endswith(".codebook") else
+                 "kept features" if name.endswith(".keep") else
+                 "unpruned features" if name.endswith(".values") else
+                 "lines" if roles.get(name) == "line" else
+                 "network" if name in roles else "buffers")
         groups[group] = groups.get(group, 0) + s["bytes"]
     overhead = len(data) - sum(groups.values())
     rows = [("file", f"{path}  {len(data):,} bytes ({len(data) / 2**20:.3f} MiB)"),
+            ("field", model.field.field_type),
             ("preset", model.preset.name),
             ("grid", "x".join(map(str, model.field.grid_size)))]
     if "tiers" in stats:
-        rows.append(("texels", describe_tiers(stats["tiers"])))
+        rows.append(("sites", describe_tiers(stats["tiers"])))
     _, sections = decode_container(data, path)
-    for i in range(3):
+    for grid in model.field.feature_grids():
         parts = []
-        for kind in ("density", "app"):
-            size = sections[f"plane{i}.{kind}.codebook"].shape[0]
-            counts = np.bincount(sections[f"plane{i}.{kind}.indices"].astype(np.int64), minlength=size)
+        for kind in grid.quantised:
+            size = sections[f"{grid.name}.{kind}.codebook"].shape[0]
+            counts = np.bincount(sections[f"{grid.name}.{kind}.indices"].astype(np.int64), minlength=size)
             used = int((counts > 0).sum())
             p = counts[counts > 0] / max(counts.sum(), 1)
             perplexity = float(np.exp(-(p * np.log(p)).sum())) if counts.sum() else 0.0
             parts.append(f"{kind} {used}/{size} used, perplexity {perplexity:.0f}")
-        rows.append((f"codebooks {i}", "; ".join(parts)))
+        rows.append((f"codebooks {grid.name}", "; ".join(parts)))
     prec = meta["precision"]
     rows.append(("precision", f"codebooks {prec.get('codebooks')}"
                  + (f" ({prec.get('codebook_levels')} levels)" if prec.get("codebooks") == "int8" else "")
@@ -363,7 +369,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         scenes = [name.strip() for name in args.scenes.split(",") if name.strip()]
         if not scenes:
             raise VqrfError(None, "--scenes must name at least one scene folder, e.g. --scenes lego,fern")
-    budget = Budget(preset=args.preset, iters=args.iters, grid_init=args.grid_init, grid_final=args.grid_final,
+    budget = Budget(preset=args.preset, field=args.field, iters=args.iters, grid_init=args.grid_init, grid_final=args.grid_final,
                     batch_rays=args.batch_rays, checkpoint_every=args.checkpoint_every, downscale=args.downscale,
                     target_size=parse_size(args.target_size) if args.target_size else None,
                     finetune_iters=args.finetune_iters, eval_every=args.eval_every, use_lpips=not args.no_lpips,
@@ -395,9 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(run=cmd_demo)
 
-    p = verbs.add_parser("train", help="train a TensoRF-VM field")
+    p = verbs.add_parser("train", help="train a TensoRF-VM or DVGO field")
     dataset(p)
-    p.add_argument("--preset", required=True, choices=sorted(PRESETS), help="hyperparameters per dataset")
+    p.add_argument("--field", default="tensorf", choices=FIELD_TYPES, help="field type (default: tensorf)")
+    p.add_argument("--preset", required=True, choices=PRESET_NAMES,
+                   help="hyperparameters per dataset (dvgo: syn, nsvf, tt, cpu)")
     p.add_argument("--iters", type=int, default=None, help="iterations (the preset's schedule scales with it)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints")
     p.add_argument("--grid-init", type=int, default=None, help="initial grid: about N^3 voxels")
@@ -478,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="folder holding one folder per scene")
     p.add_argument("--scenes", default=None, help="comma-separated scene folder names (default: every scene)")
     p.add_argument("--out", required=True, help="output folder: OUT/<scene>/ per scene, OUT/summary.{md,csv,json}")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+    p.add_argument("--field", default="tensorf", choices=FIELD_TYPES, help="field type for every scene")
+    p.add_argument("--preset", choices=PRESET_NAMES, default=None,
                    help="hyperparameters for every scene (default: the dataset's; custom: by each scene's format); "
                         "cpu is NeRF-Synthetic's CPU-scale preset")
     p.add_argument("--iters", type=int, default=None, help="training iterations (the preset's schedule scales with it)")

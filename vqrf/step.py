@@ -16,12 +16,14 @@ import torch
 
 from vqrf.config import TrainConfig
 from vqrf.data.scene import Scene
-from vqrf.fields.tensorf import TensorVM
+from vqrf.fields.base import Field
+from vqrf.optim import MaskedAdam
 from vqrf.render.occupancy import OccupancyGrid
 from vqrf.render.rays import camera_rays_at, ndc_rays
 from vqrf.render.volume import RenderSettings, render_rays
 
-__all__ = ["LOG_EVERY", "RayPool", "Sampler", "LossWeights", "StepStats", "optimisation_step", "make_optimizer",
+__all__ = ["LOG_EVERY", "RayPool", "Sampler", "LossWeights", "StepStats", "optimisation_step", "background_entropy",
+           "per_sample_color_error", "make_optimizer",
            "set_learning_rates", "optimizer_tensors", "load_optimizer_tensors", "rng_tensors", "restore_rng"]
 
 
@@ -88,6 +90,21 @@ class LossWeights:
     l1: float = 0.0
     tv_density: float = 0.0
     tv_app: float = 0.0
+    entropy_last: float = 0.0
+    rgbper: float = 0.0
+
+
+def background_entropy(acc: torch.Tensor) -> torch.Tensor:
+    """Mean binary entropy of each ray's background share 1 - acc [R] (DVGO's ``entropy_last``)."""
+    p = (1.0 - acc).clamp(1e-6, 1.0 - 1e-6)
+    return -(p * torch.log(p) + (1.0 - p) * torch.log(1.0 - p)).mean()
+
+
+def per_sample_color_error(out: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Sum over shaded samples of (detached) weight x squared colour error against the ray's target, per ray
+    (DVGO's ``rgbper``); ``out`` from ``render_rays(..., per_sample=True)``."""
+    error = (out["sample_rgb"] - target[out["sample_ray_ids"]]).pow(2).sum(-1)
+    return (error * out["sample_weights"].detach()).sum() / target.shape[0]
 
 
 @dataclass
@@ -99,7 +116,7 @@ class StepStats:
 
 
 def optimisation_step(
-    field: TensorVM,
+    field: Field,
     occupancy: OccupancyGrid,
     opt: torch.optim.Optimizer,
     pool: RayPool,
@@ -118,28 +135,42 @@ def optimisation_step(
     """
     origins, directions, target = pool.rays(pool.valid[sampler.next(batch_rays)])
     white = pool.scene.white_bg or (random_background and bool(torch.rand(()) < 0.5))  # CPU draw: no sync
-    out = render_rays(field, occupancy, origins, directions, settings, jitter=jitter, white_bg=white)
+    out = render_rays(field, occupancy, origins, directions, settings, jitter=jitter, white_bg=white,
+                      per_sample=weights.rgbper > 0)
     mse = torch.mean((out["rgb"] - target) ** 2)
     loss = mse
-    if weights.l1 > 0:
-        loss = loss + weights.l1 * field.density_l1()
-    if weights.tv_density > 0:
-        loss = loss + weights.tv_density * field.density_tv()
-    if weights.tv_app > 0:
-        loss = loss + weights.tv_app * field.app_tv()
+    regularisation = field.regularisation(weights.l1, weights.tv_density, weights.tv_app)
+    if regularisation is not None:
+        loss = loss + regularisation
+    if weights.entropy_last > 0:
+        loss = loss + weights.entropy_last * background_entropy(out["acc"])
+    if weights.rgbper > 0:
+        loss = loss + weights.rgbper * per_sample_color_error(out, target)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    if loss.requires_grad:  # else no sample of the batch met the field (a rare empty batch): nothing to learn
+        loss.backward()
+        opt.step()
     return StepStats(mse.detach(), out["n_samples"])
 
 
-def make_optimizer(field: TensorVM, cfg: TrainConfig, lr_factor: float = 1.0) -> torch.optim.Adam:
-    """Adam over the grids and the network, at ``lr_factor`` times the config's learning rates."""
-    opt = torch.optim.Adam(
-        [{"params": field.grid_parameters(), "lr": 0.0}, {"params": field.network_parameters(), "lr": 0.0}],
-        betas=(0.9, 0.99),
-        fused=True,  # one pass over each tensor: 4x faster than the default on a CPU, and the grids are large
-    )
+def make_optimizer(field: Field, cfg: TrainConfig, lr_factor: float = 1.0,
+                   grid_lr_scale: torch.Tensor | None = None) -> torch.optim.Optimizer:
+    """Adam over the grids and the network, at ``lr_factor`` times the config's learning rates.
+
+    With ``cfg.skip_zero_grad`` or a per-voxel ``grid_lr_scale`` ([X, Y, Z, 1], multiplying the grid learning rate
+    of every grid parameter of that size), DVGO's masked Adam; otherwise PyTorch's fused Adam.
+    """
+    groups = [{"params": field.grid_parameters(), "lr": 0.0}, {"params": field.network_parameters(), "lr": 0.0}]
+    if cfg.skip_zero_grad or grid_lr_scale is not None:
+        groups[0]["skip_zero_grad"] = cfg.skip_zero_grad
+        opt = MaskedAdam(groups, betas=(0.9, 0.99))
+        if grid_lr_scale is not None:
+            for p in groups[0]["params"]:
+                if p.shape[:-1] == grid_lr_scale.shape[:-1]:
+                    opt.set_lr_scale(p, grid_lr_scale.to(p.device))
+    else:
+        # One pass over each tensor: 4x faster than the default on a CPU, and the grids are large.
+        opt = torch.optim.Adam(groups, betas=(0.9, 0.99), fused=True)
     set_learning_rates(opt, cfg, lr_factor)
     return opt
 

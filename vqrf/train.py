@@ -22,8 +22,9 @@ from vqrf.checkpoint import LoadedModel, SceneInfo, load_model, save_model
 from vqrf.config import Preset
 from vqrf.data.scene import Scene
 from vqrf.errors import VqrfError
-from vqrf.fields.tensorf import TensorVM, grid_schedule, voxels_to_grid
-from vqrf.render.march import ray_box
+from vqrf.fields import Field, create_field
+from vqrf.fields.tensorf import grid_schedule, voxels_to_grid
+from vqrf.render.march import march, ray_box
 from vqrf.render.occupancy import OccupancyGrid, build_occupancy
 from vqrf.render.volume import RenderSettings, hits_occupied
 from vqrf.step import (LOG_EVERY, LossWeights, RayPool, Sampler, load_optimizer_tensors, make_optimizer,
@@ -40,7 +41,7 @@ def scene_info(scene: Scene) -> SceneInfo:
 
 @dataclass
 class TrainResult:
-    field: TensorVM
+    field: Field
     occupancy: OccupancyGrid
     seconds: float
     iters: int
@@ -62,18 +63,35 @@ class _Trainer:
         self.l1_weight = self.cfg.l1_init
         self.mask_updates = 0
         self.ray_filter: OccupancyGrid | None = None  # the grid whose occupied cells the training rays must cross
+        self.grid_lr_scale: torch.Tensor | None = None  # per-voxel learning rates ([X, Y, Z, 1]; DVGO's coarse stage)
         self.elapsed = 0.0  # training seconds of earlier (resumed) runs
 
     # ---- setup --------------------------------------------------------------------------------------------------
-    def fresh(self) -> None:
+    def fresh(self, start: "CoarseStart | None" = None) -> None:
+        """A new field over the scene's box, or over the box and occupancy a coarse stage found (``start``)."""
         torch.manual_seed(self.cfg.seed)
-        aabb = self.scene.aabb.to(self.device)
-        self.field = TensorVM(aabb, voxels_to_grid(self.cfg.n_voxel_init, aabb), self.preset.field).to(self.device)
-        self.occupancy = OccupancyGrid.full(aabb)
+        aabb = (start.aabb if start else self.scene.aabb).to(self.device)
+        grid = voxels_to_grid(self.cfg.n_voxel_init, aabb)
+        self.field = create_field(self.preset.field, aabb, grid, self.cfg.n_voxel_final).to(self.device)
+        if self.scene.ndc and not self.field.supports_ndc:
+            raise VqrfError(None, f"a {self.field.field_type} field cannot be trained on a forward-facing (NDC) "
+                                  "scene; use --field tensorf")
+        self.occupancy = start.occupancy.to(self.device) if start else OccupancyGrid.full(aabb)
         if not self.scene.ndc:  # rays that miss the box can never be fitted
             self.pool.keep(self._hits_box)
+        if start:  # as DVGO's "in_maskcache" sampler: only rays through the coarse geometry
+            self.ray_filter = self.occupancy
+            self.pool.keep(self._hits_filter)
         self.sampler = Sampler(len(self.pool.valid), self.cfg.seed, device=self.device)
-        self.opt = make_optimizer(self.field, self.cfg, self.lr_factor)
+        if self.cfg.pervoxel_lr:
+            self.grid_lr_scale = view_coverage(self.field, self.pool, self.settings())
+        self.opt = self.make_optimizer()
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        scale = self.grid_lr_scale
+        if scale is not None and list(scale.shape[:3]) != self.field.grid_size:
+            scale = None  # counted on an earlier grid (DVGO's coarse stage, which uses it, never changes its grid)
+        return make_optimizer(self.field, self.cfg, self.lr_factor, scale)
 
     def restore(self, ckpt: LoadedModel) -> None:
         s = ckpt.extra["train"]
@@ -89,7 +107,8 @@ class _Trainer:
             raise VqrfError(self.out_dir / "checkpoint.safetensors",
                             "checkpoint does not match this dataset (different training rays); train with --force")
         self.sampler = Sampler(len(self.pool.valid), self.cfg.seed, s["epoch"], s["position"], self.device)
-        self.opt = make_optimizer(self.field, self.cfg, self.lr_factor)
+        self.grid_lr_scale = ckpt.tensors.get("grid_lr_scale")
+        self.opt = self.make_optimizer()
         load_optimizer_tensors(self.opt, ckpt.tensors)
         restore_rng(ckpt.tensors, self.device)
 
@@ -105,7 +124,8 @@ class _Trainer:
                                         self.scene.white_bg, self.cfg.step_ratio, self.cfg.weight_thres)
 
     def loss_weights(self) -> LossWeights:
-        return LossWeights(self.l1_weight, self.cfg.tv_density * self.tv_factor, self.cfg.tv_app * self.tv_factor)
+        return LossWeights(self.l1_weight, self.cfg.tv_density * self.tv_factor, self.cfg.tv_app * self.tv_factor,
+                           self.cfg.entropy_last, self.cfg.rgbper)
 
     # ---- schedule events ----------------------------------------------------------------------------------------
     def update_occupancy(self) -> None:
@@ -114,7 +134,7 @@ class _Trainer:
             scale = (MAX_MASK_VOXELS / math.prod(grid)) ** (1 / 3)
             grid = [max(2, int(n * scale)) for n in grid]
         occupancy, box = build_occupancy(self.field, grid, self.field.step_size(self.cfg.step_ratio),
-                                         self.cfg.alpha_mask_thres)
+                                         self.cfg.alpha_mask_thres, self.occupancy)
         if box is None:
             # Too early in a short schedule: an empty mask would stop every ray, and the field could never recover.
             tqdm.write(f"vqrf train: iteration {self.iteration}: nothing is dense enough for an occupancy mask yet "
@@ -124,7 +144,7 @@ class _Trainer:
         self.mask_updates += 1
         if self.mask_updates == 1:
             self.field.shrink(box)
-            self.opt = make_optimizer(self.field, self.cfg, self.lr_factor)
+            self.opt = self.make_optimizer()
             self.l1_weight = self.cfg.l1_rest
         elif self.mask_updates == 2 and not self.scene.ndc:
             self.ray_filter = occupancy
@@ -133,11 +153,11 @@ class _Trainer:
 
     def upsample(self, k: int) -> None:
         self.field.upsample(voxels_to_grid(self.voxel_targets[k], self.field.aabb))
-        self.lr_factor = 1.0  # the reference restarts the learning rates at every upsampling
-        self.opt = make_optimizer(self.field, self.cfg, self.lr_factor)
+        self.lr_factor = 1.0  # both references restart the learning rates at every upsampling
+        self.opt = self.make_optimizer()
 
-    def save(self, path: Path, checkpoint: bool) -> None:
-        extra, tensors = {}, None
+    def save(self, path: Path, checkpoint: bool, seconds: float = 0.0) -> None:
+        extra, tensors = {"trained": {"seconds": seconds, "iterations": self.iteration}}, None
         if checkpoint:
             extra = {"train": {
                 "iteration": self.iteration, "lr_factor": self.lr_factor, "tv_factor": self.tv_factor,
@@ -146,6 +166,8 @@ class _Trainer:
                 "elapsed": self.elapsed + time.perf_counter() - self._run_start,
             }}
             tensors = {**optimizer_tensors(self.opt), **rng_tensors(self.device)}
+            if self.grid_lr_scale is not None:
+                tensors["grid_lr_scale"] = self.grid_lr_scale
             if self.ray_filter is not None:  # copies: while no later update replaced it, it is also the occupancy
                 tensors.update({"filter.cells": self.ray_filter.cells.clone(),
                                 "filter.aabb": self.ray_filter.aabb.clone()})
@@ -202,6 +224,58 @@ class _Trainer:
         return time.perf_counter() - start
 
 
+@dataclass
+class CoarseStart:
+    """Where a coarse stage leaves the next one: its box and its occupancy (DVGO's fine bbox and mask cache)."""
+
+    aabb: torch.Tensor
+    occupancy: OccupancyGrid
+
+
+@torch.no_grad()
+def coarse_start(field: Field, preset: Preset, margin: float) -> CoarseStart:
+    """The box of ``field``'s grid points whose alpha passes the coarse preset's mask threshold, scaled by ``margin``
+    about its centre, and the occupancy grid of the same test."""
+    cfg = preset.train
+    occupancy, box = build_occupancy(field, field.grid_size, field.step_size(cfg.step_ratio), cfg.alpha_mask_thres)
+    if box is None:
+        tqdm.write("vqrf train: the coarse stage found no geometry; the next stage keeps the whole box", file=sys.stderr)
+        box = field.aabb
+    centre, half = box.mean(0), (box[1] - box[0]) * (0.5 * margin)
+    return CoarseStart(torch.stack([centre - half, centre + half]), occupancy)
+
+
+@torch.no_grad()
+def view_coverage(field: Field, pool: RayPool, settings: RenderSettings) -> torch.Tensor:
+    """How many training views see each site of the field's first feature grid, over the most-seen site's count:
+    [*shape, 1] in [0, 1] (DVGO's per-voxel learning rate).
+
+    A view sees a site when its rays' samples give the site a summed interpolation weight above 1, as in DVGO. Rays
+    are taken every ``stride`` pixels, the stride keeping them about a voxel apart at the box centre, and the
+    threshold scaled by the pixels left out.
+    """
+    device = field.aabb.device
+    shape = field.feature_grids()[0].shape
+    cameras = pool.cameras
+    distance = float((cameras.c2w[:, :, 3] - field.aabb.mean(0)).norm(dim=-1).mean())
+    footprint = distance / float(cameras.fx.float().mean())
+    stride = max(1, int(float(field.voxel_size().min()) / footprint))
+    rows = torch.arange(stride // 2, pool.height, stride, device=device)
+    cols = torch.arange(stride // 2, pool.width, stride, device=device)
+    pixels = (rows[:, None] * pool.width + cols[None]).reshape(-1)
+    everywhere = OccupancyGrid.full(field.aabb)
+    counts = torch.zeros(shape, device=device)
+    for view in range(len(cameras)):
+        origins, directions, _ = pool.rays(view * pool.height * pool.width + pixels)
+        t_in, t_out = ray_box(origins, directions, field.aabb, settings.near, settings.far)
+        xyz = march(origins, directions, t_in, t_out, settings.step, torch.zeros_like(t_in), everywhere,
+                    settings.max_samples)[0]
+        seen = [torch.zeros(shape, dtype=torch.float64, device=device)]
+        field.splat_importance(xyz, torch.ones(xyz.shape[0], device=device), seen)
+        counts += seen[0] > 1.0 / stride**2
+    return (counts / counts.max().clamp_min(1.0)).unsqueeze(-1)
+
+
 def train(
     scene: Scene,
     preset: Preset,
@@ -212,10 +286,12 @@ def train(
     on_checkpoint: Callable[[int], None] | None = None,
     max_seconds: float | None = None,
 ) -> TrainResult:
-    """Fit a TensoRF-VM field to ``scene``; writes ``out_dir/model.safetensors`` and periodic checkpoints.
+    """Fit the preset's field to ``scene``; writes ``out_dir/model.safetensors`` and periodic checkpoints.
 
-    With ``resume``, continues from ``out_dir/checkpoint.safetensors`` when it exists. With ``max_seconds``, training
-    stops once that much time (earlier resumed runs included) has passed, and the field as it stands is the model.
+    A preset with a coarse stage trains it first into ``out_dir/coarse`` (reused by a resumed run once finished);
+    its geometry sets this stage's box and initial occupancy. With ``resume``, continues from
+    ``out_dir/checkpoint.safetensors`` when it exists. With ``max_seconds``, training stops once that much time
+    (earlier resumed runs and the coarse stage included) has passed, and the field as it stands is the model.
     """
     device = torch.device(device)
     out_dir = Path(out_dir)
@@ -227,9 +303,29 @@ def train(
         trainer = _Trainer(scene, ckpt.preset, device, out_dir)
         trainer.restore(ckpt)
     else:
+        start = None
+        coarse_seconds = 0.0
+        if preset.coarse is not None:
+            coarse = _coarse_stage(scene, preset.coarse, out_dir / "coarse", resume, device, progress, max_seconds)
+            start = coarse_start(coarse.field, preset.coarse, preset.train.box_margin)
+            coarse_seconds = coarse.seconds
         trainer = _Trainer(scene, preset, device, out_dir)
-        trainer.fresh()
+        trainer.elapsed = coarse_seconds
+        trainer.fresh(start)
     seconds = trainer.elapsed + trainer.run(progress, on_checkpoint, max_seconds)
-    trainer.save(out_dir / "model.safetensors", checkpoint=False)
+    trainer.save(out_dir / "model.safetensors", checkpoint=False, seconds=seconds)
     checkpoint.unlink(missing_ok=True)
     return TrainResult(trainer.field, trainer.occupancy, seconds, trainer.iteration)
+
+
+def _coarse_stage(scene: Scene, preset: Preset, out_dir: Path, resume: bool, device: torch.device, progress: bool,
+                  max_seconds: float | None) -> TrainResult:
+    """Train the coarse stage, or with ``resume`` reuse the one a previous run finished."""
+    model_path = out_dir / "model.safetensors"
+    if resume and model_path.is_file() and not (out_dir / "checkpoint.safetensors").is_file():
+        model = load_model(model_path, device)
+        trained = model.extra.get("trained", {})
+        return TrainResult(model.field, model.occupancy, trained.get("seconds", 0.0), trained.get("iterations", 0))
+    if progress:
+        tqdm.write(f"vqrf train: coarse stage ({preset.train.iters} iterations) into {out_dir}", file=sys.stderr)
+    return train(scene, preset, out_dir, resume, device, progress, None, max_seconds)

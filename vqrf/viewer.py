@@ -371,13 +371,14 @@ def _describe(model: LoadedModel, path: Path) -> str:
     lines = [f"**{path.name}**", f"{size:,} bytes ({size / 2**20:.2f} MiB)"]
     compressed = model.extra.get("compressed")
     grid = "x".join(map(str, model.field.grid_size))
+    field = model.field.field_type
     if compressed is None:
-        lines.append(f"trained checkpoint, grid {grid}")
+        lines.append(f"trained {field} checkpoint, grid {grid}")
     else:
         stats = compressed.get("stats", {})
-        lines.append(f"compressed .vqrf, grid {grid}")
+        lines.append(f"compressed {field} .vqrf, grid {grid}")
         if "tiers" in stats:
-            lines.append(f"texels: {describe_tiers(stats['tiers'])}")
+            lines.append(f"sites: {describe_tiers(stats['tiers'])}")
         if "psnr" in stats:
             lines.append(f"recorded PSNR {stats['psnr']:.2f} dB")
     lines.append("forward-facing (NDC)" if model.scene.ndc else "bounded scene")

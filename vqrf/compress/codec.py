@@ -1,7 +1,9 @@
-"""The field layer of a ``.vqrf`` file: which sections a compressed TensoRF-VM holds, and back to a field.
+"""The field layer of a ``.vqrf`` file: which sections a compressed field holds, and back to a field.
 
-Decoding gives the same :class:`~vqrf.checkpoint.LoadedModel` as a training checkpoint, so evaluation, videos and
-the viewer have one code path. Section names and meanings are specified in docs/format.md ("Field layer").
+One layout serves every field type: its feature grids (masks, codebooks, codes, kept and unpruned features), its
+other parameters by their state-dict names (lines and network weights, each at its storage precision), its buffers.
+Decoding gives the same :class:`~vqrf.checkpoint.LoadedModel` as a training checkpoint, so evaluation, videos and the
+viewer have one code path. Section names and meanings are specified in docs/format.md ("Field layer").
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ import torch
 from vqrf.checkpoint import LoadedModel, SceneInfo
 from vqrf.compress.container import decode_container, encode_container
 from vqrf.compress.quantize import Int8Tensor, quantize_affine, quantize_range
-from vqrf.compress.vq import KINDS, VQState, plane_tensor
+from vqrf.compress.vq import VQState, rows
 from vqrf.config import CompressConfig, Preset
 from vqrf.errors import VqrfError
-from vqrf.fields.tensorf import TensorVM
+from vqrf.fields import Field, create_field
 from vqrf.render.occupancy import OccupancyGrid
 
 __all__ = ["FORMAT", "Precision", "encode_field", "decode_field"]
 
-FORMAT = "vqrf-tensorf-vq"
-FIELD_VERSION = 1
+FORMAT = "vqrf-field-vq"
+FIELD_VERSION = 2
+# Version 1 (TensoRF only) named the non-grid sections by hand; its files still decode, through these names.
+_V1_FORMAT = "vqrf-tensorf-vq"
 PRECISIONS = ("fp16", "int8")
 
 
@@ -70,8 +74,14 @@ def _put_matrix(sections: dict[str, np.ndarray], name: str, x: torch.Tensor, pre
         sections[name] = _np(x.half())
 
 
+def _named_tensor(module: torch.nn.Module, name: str) -> torch.Tensor:
+    """A parameter or buffer by its state-dict name."""
+    owner, _, attr = name.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, attr)
+
+
 def encode_field(
-    field: TensorVM,
+    field: Field,
     state: VQState,
     occupancy: OccupancyGrid,
     preset: Preset,
@@ -79,31 +89,40 @@ def encode_field(
     precision: Precision = Precision(),
     stats: dict[str, Any] | None = None,
 ) -> bytes:
-    """The bytes of a ``.vqrf`` file for ``field`` tied to ``state`` (codes at vq texels, zero at pruned ones)."""
+    """The bytes of a ``.vqrf`` file for ``field`` tied to ``state`` (codes at vq sites, zero at pruned ones)."""
     sections: dict[str, np.ndarray] = {"occupancy": _np(occupancy.cells.bool())}
-    for i, code in enumerate(state.planes):
-        sections[f"plane{i}.keep_mask"] = _np(code.keep)
-        sections[f"plane{i}.vq_mask"] = _np(code.vq)
-        for kind in KINDS:
-            prefix = f"plane{i}.{kind}"
+    for code, grid in zip(state.grids, field.feature_grids()):
+        sections[f"{grid.name}.keep_mask"] = _np(code.keep)
+        sections[f"{grid.name}.vq_mask"] = _np(code.vq)
+        for kind, tensor in grid.tensors.items():
+            prefix = f"{grid.name}.{kind}"
+            flat = rows(tensor.detach())
+            if kind not in grid.quantised:
+                unpruned = flat[code.non_pruned.flatten().to(flat.device)]
+                _put_int8(sections, f"{prefix}.values", quantize_affine(unpruned, precision.keep_steps_per_std))
+                continue
             book = code.codebooks[kind]
             if book.shape[0] > 65536:
                 raise ValueError("codebooks hold at most 65536 codes")
             _put_matrix(sections, f"{prefix}.codebook", book, precision.codebooks, precision.codebook_levels)
             sections[f"{prefix}.indices"] = _np(code.indices[kind].to(torch.uint16))
-            plane = plane_tensor(field, kind, i)
-            kept = plane.detach().reshape(-1, plane.shape[-1])[code.keep.flatten().to(plane.device)]
+            kept = flat[code.keep.flatten().to(flat.device)]
             _put_int8(sections, f"{prefix}.keep", quantize_affine(kept, precision.keep_steps_per_std))
-    for kind, lines in (("density", field.density_lines), ("app", field.app_lines)):
-        for i, line in enumerate(lines):
-            _put_matrix(sections, f"line{i}.{kind}", line, precision.lines)
-    _put_matrix(sections, "basis", field.basis.weight.t(), precision.network)
-    for j, layer in enumerate(m for m in field.mlp if isinstance(m, torch.nn.Linear)):
-        _put_matrix(sections, f"mlp{j}.weight", layer.weight.t(), precision.network)
-        sections[f"mlp{j}.bias"] = _np(layer.bias.half())
+    for name, role in field.parameter_roles().items():
+        value = _named_tensor(field, name).detach()
+        if value.dim() == 1:
+            sections[f"param.{name}"] = _np(value.half())  # biases: few and sensitive
+        elif role == "network":  # [in, out]: one int8 range per output unit
+            _put_matrix(sections, f"param.{name}", value.t(), precision.network)
+        else:
+            _put_matrix(sections, f"param.{name}", value, precision.lines)
+    for name, value in field.named_buffers():
+        if name != "aabb":
+            sections[f"buffer.{name}"] = _np(value.float())
     header = {
         "format": FORMAT,
         "version": FIELD_VERSION,
+        "field_type": field.field_type,
         "grid": field.grid_size,
         "aabb": field.aabb.cpu().tolist(),
         "occupancy_aabb": occupancy.aabb.cpu().tolist(),
@@ -113,6 +132,24 @@ def encode_field(
         "stats": stats or {},
     }
     return encode_container(header, sections)
+
+
+def _v1_names(sections: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Sections of a version-1 (TensoRF) file under their version-2 names."""
+    renames = {"basis": "param.basis.weight"}
+    for i in range(3):
+        for kind in ("density", "app"):
+            renames[f"line{i}.{kind}"] = f"param.{kind}_lines.{i}"
+        renames[f"mlp{i}.weight"] = f"param.mlp.{2 * i}.weight"
+        renames[f"mlp{i}.bias"] = f"param.mlp.{2 * i}.bias"
+    out = {}
+    for name, arr in sections.items():
+        stem, _, suffix = name.rpartition(".")
+        if suffix in ("scale", "offset") and stem in renames:
+            out[f"{renames[stem]}.{suffix}"] = arr
+        else:
+            out[renames.get(name, name)] = arr
+    return out
 
 
 class _Reader:
@@ -143,15 +180,20 @@ class _Reader:
 
 
 def decode_field(data: bytes, source: str | Path) -> LoadedModel:
-    """A ``.vqrf`` file's bytes -> the model it encodes (a plain TensorVM with its occupancy grid)."""
+    """A ``.vqrf`` file's bytes -> the model it encodes (a plain field of its type, with its occupancy grid)."""
     source = Path(source)
     header, sections = decode_container(data, source)
-    if header.get("format") != FORMAT:
-        raise VqrfError(source, f"not a compressed TensoRF-VM field (format {header.get('format')!r})")
-    if not isinstance(header.get("version"), int) or header["version"] > FIELD_VERSION:
-        raise VqrfError(source, f"written by a newer vqrf (field version {header.get('version')}); upgrade vqrf")
+    version = header.get("version")
+    if (header.get("format"), version) == (_V1_FORMAT, 1):
+        sections = _v1_names(sections)
+    elif header.get("format") != FORMAT:
+        raise VqrfError(source, f"not a compressed vqrf field (format {header.get('format')!r})")
+    elif not isinstance(version, int) or version > FIELD_VERSION:
+        raise VqrfError(source, f"written by a newer vqrf (field version {version}); upgrade vqrf")
     try:
         preset = Preset.from_dict(header["preset"])
+        if header.get("field_type", "tensorf") != preset.field_type:
+            raise ValueError(f"field type {header.get('field_type')!r} but a {preset.field_type} preset")
         scene = SceneInfo(**header["scene"])
         grid = [int(v) for v in header["grid"]]
         aabb = torch.tensor(header["aabb"], dtype=torch.float32).reshape(2, 3)
@@ -159,41 +201,53 @@ def decode_field(data: bytes, source: str | Path) -> LoadedModel:
         if len(grid) != 3 or min(grid) < 2 or max(grid) > 4096:
             raise ValueError(f"grid {grid}")
         with torch.device("meta"):  # shapes only: every parameter is overwritten below
-            field = TensorVM(aabb, grid, preset.field)
+            field = create_field(preset.field, aabb, grid)
         field = field.to_empty(device="cpu")
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise VqrfError(source, f"inconsistent header ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     read = _Reader(sections, source)
     with torch.no_grad():
         field.aabb.copy_(aabb)
         cells = read.get("occupancy", "bool", (None, None, None)).to(torch.uint8)
-        for i in range(3):
-            h, w = field.density_planes[i].shape[:2]
-            keep = read.get(f"plane{i}.keep_mask", "bool", (h, w)).flatten()
-            vq = read.get(f"plane{i}.vq_mask", "bool", (h, w)).flatten()
-            if bool((keep & vq).any()):
-                raise VqrfError(source, f"plane {i}: a texel is both kept and vector-quantised")
-            for kind in KINDS:
-                prefix = f"plane{i}.{kind}"
-                plane = plane_tensor(field, kind, i)
-                channels = plane.shape[-1]
-                book = read.matrix(f"{prefix}.codebook", None, channels)
-                indices = read.get(f"{prefix}.indices", "uint16", (int(vq.sum()),)).long()
-                if indices.numel() and int(indices.max()) >= book.shape[0]:
-                    raise VqrfError(source, f"section {prefix}.indices: code {int(indices.max())} beyond the "
-                                            f"{book.shape[0]}-code codebook")
-                flat = torch.zeros(h * w, channels)
-                flat[vq] = book[indices]
-                flat[keep] = read.matrix(f"{prefix}.keep", int(keep.sum()), channels)
-                plane.copy_(flat.reshape(h, w, channels))
-        for kind, lines in (("density", field.density_lines), ("app", field.app_lines)):
-            for i, line in enumerate(lines):
-                line.copy_(read.matrix(f"line{i}.{kind}", *line.shape))
-        field.basis.weight.copy_(read.matrix("basis", *field.basis.weight.t().shape).t())
-        for j, layer in enumerate(m for m in field.mlp if isinstance(m, torch.nn.Linear)):
-            layer.weight.copy_(read.matrix(f"mlp{j}.weight", *layer.weight.t().shape).t())
-            layer.bias.copy_(read.get(f"mlp{j}.bias", "float16", tuple(layer.bias.shape)).float())
+        for grid_spec in field.feature_grids():
+            _read_grid(read, grid_spec, source)
+        for name, role in field.parameter_roles().items():
+            param = _named_tensor(field, name)
+            if param.dim() == 1:
+                param.copy_(read.get(f"param.{name}", "float16", tuple(param.shape)).float())
+            elif role == "network":
+                param.copy_(read.matrix(f"param.{name}", *param.t().shape).t())
+            else:
+                param.copy_(read.matrix(f"param.{name}", *param.shape))
+        for name, buffer in field.named_buffers():
+            if name != "aabb" and header.get("version") != 1:
+                buffer.copy_(read.get(f"buffer.{name}", "float32", tuple(buffer.shape)))
     occupancy = OccupancyGrid(cells, occupancy_aabb)
     extra = {"compressed": {"bytes": len(data), "precision": header.get("precision", {}),
                             "stats": header.get("stats", {})}}
     return LoadedModel(field, occupancy, preset, scene, extra)
+
+
+def _read_grid(read: _Reader, grid, source: Path) -> None:
+    """Fill one feature grid's tensors from its sections (docs/format.md, "Rebuilding a feature grid")."""
+    n_sites = int(np.prod(grid.shape))
+    keep = read.get(f"{grid.name}.keep_mask", "bool", grid.shape).flatten()
+    vq = read.get(f"{grid.name}.vq_mask", "bool", grid.shape).flatten()
+    if bool((keep & vq).any()):
+        raise VqrfError(source, f"{grid.name}: a site is both kept and vector-quantised")
+    for kind, tensor in grid.tensors.items():
+        prefix = f"{grid.name}.{kind}"
+        channels = tensor.shape[-1]
+        flat = torch.zeros(n_sites, channels)
+        if kind not in grid.quantised:
+            unpruned = keep | vq
+            flat[unpruned] = read.matrix(f"{prefix}.values", int(unpruned.sum()), channels)
+        else:
+            book = read.matrix(f"{prefix}.codebook", None, channels)
+            indices = read.get(f"{prefix}.indices", "uint16", (int(vq.sum()),)).long()
+            if indices.numel() and int(indices.max()) >= book.shape[0]:
+                raise VqrfError(source, f"section {prefix}.indices: code {int(indices.max())} beyond the "
+                                        f"{book.shape[0]}-code codebook")
+            flat[vq] = book[indices]
+            flat[keep] = read.matrix(f"{prefix}.keep", int(keep.sum()), channels)
+        tensor.copy_(flat.reshape(tensor.shape))

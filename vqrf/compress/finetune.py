@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from vqrf.compress.vq import VQState
 from vqrf.config import Preset
-from vqrf.fields.tensorf import TensorVM
+from vqrf.fields.base import Field
 from vqrf.render.occupancy import OccupancyGrid
 from vqrf.render.volume import RenderSettings, hits_occupied
 from vqrf.step import (LOG_EVERY, LossWeights, RayPool, Sampler, load_optimizer_tensors, make_optimizer,
@@ -40,7 +40,7 @@ class FinetuneProgress:
 
 
 def finetune(
-    field: TensorVM,
+    field: Field,
     occupancy: OccupancyGrid,
     state: VQState,
     pool: RayPool,

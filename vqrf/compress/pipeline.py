@@ -17,18 +17,18 @@ import torch
 from vqrf.checkpoint import LoadedModel, load_model, save_model
 from vqrf.compress.codec import Precision, decode_field, encode_field
 from vqrf.compress.finetune import FinetuneProgress, finetune
-from vqrf.compress.importance import cached_importance, plane_importance
+from vqrf.compress.importance import cached_importance, grid_importance
 from vqrf.compress.rate import fit_budget, plan_for_budget
-from vqrf.compress.vq import KINDS, PlaneCode, VQState, build_vq, plane_tensor
+from vqrf.compress.vq import GridCode, VQState, build_vq
 from vqrf.config import CompressConfig
 from vqrf.data.scene import Scene
 from vqrf.errors import VqrfError
-from vqrf.fields.tensorf import TensorVM
+from vqrf.fields.base import Field
 from vqrf.step import RayPool
 
-__all__ = ["CompressResult", "codebook_sizes", "compress_model", "compress_scene", "pruned_copy"]
+__all__ = ["CompressResult", "codebook_size", "compress_model", "compress_scene", "pruned_copy"]
 
-StageCallback = Callable[[str, TensorVM, "VQState | None"], None]
+StageCallback = Callable[[str, Field, "VQState | None"], None]
 CheckpointCallback = Callable[[int], None]
 """Called with the fine-tuning step count after each checkpoint is saved."""
 
@@ -49,20 +49,18 @@ class CompressResult:
         return self.encode(self.state, extra_stats)
 
 
-def codebook_sizes(cfg: CompressConfig, n_vq: int) -> dict[str, int]:
-    """Codes per codebook for a plane with ``n_vq`` vq texels."""
-    size = max(1, min(cfg.codebook_size, n_vq // max(cfg.members_per_code, 1)))
-    return {kind: size for kind in KINDS}
+def codebook_size(cfg: CompressConfig, n_vq: int) -> int:
+    """Codes per codebook for a feature grid with ``n_vq`` vq sites."""
+    return max(1, min(cfg.codebook_size, n_vq // max(cfg.members_per_code, 1)))
 
 
 @torch.no_grad()
-def pruned_copy(field: TensorVM, state: VQState) -> TensorVM:
-    """``field`` with only the pruned texels zeroed (the 'pruned' stage of the pipeline figure)."""
+def pruned_copy(field: Field, state: VQState) -> Field:
+    """``field`` with only the pruned sites zeroed (the 'pruned' stage of the pipeline figure)."""
     out = copy.deepcopy(field)
-    for i, code in enumerate(state.planes):
-        for kind in KINDS:
-            plane = plane_tensor(out, kind, i)
-            plane.data[~code.non_pruned.to(plane.device)] = 0.0
+    for code, grid in zip(state.grids, out.feature_grids()):
+        for tensor in grid.tensors.values():
+            tensor.data[~code.non_pruned.to(tensor.device)] = 0.0
     return out
 
 
@@ -94,7 +92,7 @@ def compress_model(
 
     start = time.perf_counter()
     if importance is None:
-        importance = plane_importance(field, model.occupancy, pool, settings, progress=progress)
+        importance = grid_importance(field, model.occupancy, pool, settings, progress=progress)
     seconds["importance"] = time.perf_counter() - start
 
     if budget is not None:
@@ -106,7 +104,7 @@ def compress_model(
         seconds["rate_control"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    state = build_vq(field, importance, cfg.keep, cfg.non_prune, lambda n: codebook_sizes(cfg, n), cfg.seed,
+    state = build_vq(field, importance, cfg.keep, cfg.non_prune, lambda n: codebook_size(cfg, n), cfg.seed,
                      cfg.kmeans_iters, progress)
     seconds["codebooks"] = time.perf_counter() - start
     if on_stage:
@@ -144,7 +142,7 @@ def _finish(model: LoadedModel, pool: RayPool, cfg: CompressConfig, state: VQSta
 
     def encode(st: VQState, extra: dict[str, Any] | None = None) -> bytes:
         stats = {"tiers": st.counts(),
-                 "codebooks": [{k: int(c.codebooks[k].shape[0]) for k in KINDS} for c in st.planes], **(extra or {})}
+                 "codebooks": [{k: int(b.shape[0]) for k, b in c.codebooks.items()} for c in st.grids], **(extra or {})}
         return encode_field(field, st, model.occupancy, model.preset, model.scene, precision, stats)
 
     if budget is not None:
@@ -166,11 +164,11 @@ def _save_progress(path: Path, model: LoadedModel, state: VQState, cfg: Compress
     """The field mid-fine-tuning, its VQ state and the optimiser, as one safetensors file (no pickle)."""
     tensors = {f"optim.{k}": v for k, v in progress.optimizer.items()}
     tensors.update(progress.rng)
-    for i, code in enumerate(state.planes):
+    for i, code in enumerate(state.grids):
         tensors[f"vq.{i}.keep"] = code.keep.to(torch.uint8)
         tensors[f"vq.{i}.vq"] = code.vq.to(torch.uint8)
         tensors[f"vq.{i}.weights"] = state.weights[i].float()
-        for kind in KINDS:
+        for kind in code.codebooks:
             tensors[f"vq.{i}.{kind}.codebook"] = code.codebooks[kind]
             tensors[f"vq.{i}.{kind}.indices"] = code.indices[kind]
     extra = {"compress": {"cfg": asdict(cfg), "budget": budget, "seconds": seconds, "info": info,
@@ -186,14 +184,15 @@ def _resume(path: Path, pool: RayPool, progress: bool, on_stage: StageCallback |
         raise VqrfError(path, "not a compression checkpoint")
     try:
         t = saved.tensors
-        planes = []
-        for i in range(3):
-            code = PlaneCode(t[f"vq.{i}.keep"].bool(), t[f"vq.{i}.vq"].bool())
-            for kind in KINDS:
+        grids = saved.field.feature_grids()
+        codes = []
+        for i, grid in enumerate(grids):
+            code = GridCode(t[f"vq.{i}.keep"].bool(), t[f"vq.{i}.vq"].bool())
+            for kind in grid.quantised:
                 code.codebooks[kind] = t[f"vq.{i}.{kind}.codebook"]
                 code.indices[kind] = t[f"vq.{i}.{kind}.indices"].long()
-            planes.append(code)
-        state = VQState(planes, [t[f"vq.{i}.weights"] for i in range(3)])
+            codes.append(code)
+        state = VQState(codes, [t[f"vq.{i}.weights"] for i in range(len(grids))])
         cfg = CompressConfig(**meta["cfg"])
         resume = FinetuneProgress(meta["iteration"], meta["epoch"], meta["position"],
                                   {k[len("optim."):]: v for k, v in t.items() if k.startswith("optim.")},
@@ -226,7 +225,7 @@ def compress_scene(
     start = time.perf_counter()
 
     def compute() -> list[torch.Tensor]:
-        return plane_importance(model.field, model.occupancy, pool, model.render_settings(), progress=progress)
+        return grid_importance(model.field, model.occupancy, pool, model.render_settings(), progress=progress)
 
     if checkpoint is not None and checkpoint.is_file():
         return compress_model(model, pool, cfg, None, budget, progress, on_stage, checkpoint, checkpoint_every,

@@ -1,9 +1,9 @@
 """Rate control: choose codebook size, keep fraction and precision so the file fits a byte budget.
 
-For each candidate codebook size, codebooks are fitted once on all unpruned texels (a short k-means), then the keep
+For each candidate codebook size, codebooks are fitted once on all unpruned sites (a short k-means), then the keep
 fraction is bisected against the exact byte count of the encoded file; each candidate's quality is measured by
 rendering a fixed batch of training rays, and the best one is compressed for real. If fine-tuning leaves the file over
-budget, the least important kept texels are moved to their nearest code until it fits.
+budget, the least important kept sites are moved to their nearest code until it fits.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from vqrf.checkpoint import LoadedModel
 from vqrf.compress.codebook import assign, fit_codebook
 from vqrf.compress.codec import Precision, encode_field
 from vqrf.compress.split import cdf_split
-from vqrf.compress.vq import KINDS, PlaneCode, VQState, plane_tensor
+from vqrf.compress.vq import GridCode, VQState, rows
 from vqrf.config import CompressConfig
 from vqrf.errors import VqrfError
 from vqrf.render.volume import render_rays
@@ -62,18 +62,18 @@ class RatePlan:
 
 
 def _state_for(field, importance, books: list[dict[str, torch.Tensor]], keep: float, non_prune: float) -> VQState:
-    """Split at ``keep`` and assign every vq texel to its nearest code of ``books`` (no refit)."""
-    planes = []
-    for i, imp in enumerate(importance):
+    """Split at ``keep`` and assign every vq site to its nearest code of ``books`` (no refit)."""
+    codes = []
+    for imp, grid, grid_books in zip(importance, field.feature_grids(), books):
         keep_mask, vq_mask = cdf_split(imp.cpu(), keep, non_prune)
-        code = PlaneCode(keep_mask, vq_mask)
-        for kind in KINDS:
-            plane = plane_tensor(field, kind, i).detach()
-            members = plane.reshape(-1, plane.shape[-1])[vq_mask.flatten().to(plane.device)]
-            book = books[i][kind].to(plane.device)
+        code = GridCode(keep_mask, vq_mask)
+        for kind, book in grid_books.items():
+            tensor = grid.tensors[kind].detach()
+            members = rows(tensor)[vq_mask.flatten().to(tensor.device)]
+            book = book.to(tensor.device)
             code.codebooks[kind], code.indices[kind] = book, assign(members, book)
-        planes.append(code)
-    return VQState(planes, [m.cpu() for m in importance])
+        codes.append(code)
+    return VQState(codes, [m.cpu() for m in importance])
 
 
 @torch.no_grad()
@@ -108,14 +108,10 @@ def plan_for_budget(
     candidates, best, worse, best_size_at = [], None, 0, None
     for k in tqdm(sizes, disable=not progress, desc="rate control", unit="size", dynamic_ncols=True):
         books = []
-        for i, mask in enumerate(unpruned):
+        for i, (mask, grid) in enumerate(zip(unpruned, field.feature_grids())):
             w = importance[i].cpu().flatten()[mask.flatten()]
-            per_kind = {}
-            for kind in KINDS:
-                plane = plane_tensor(field, kind, i).detach().cpu()
-                members = plane.reshape(-1, plane.shape[-1])[mask.flatten()]
-                per_kind[kind] = fit_codebook(members, w, k, cfg.seed + i, SEARCH_KMEANS_ITERS)[0]
-            books.append(per_kind)
+            books.append({kind: fit_codebook(rows(grid.tensors[kind].detach().cpu())[mask.flatten()], w, k,
+                                             cfg.seed + i, SEARCH_KMEANS_ITERS)[0] for kind in grid.quantised})
 
         def size_at(keep: float, precision: Precision = Precision.from_config(base), books=books) -> int:
             state = _state_for(field, importance, books, keep, cfg.non_prune)
@@ -165,34 +161,32 @@ def plan_for_budget(
 
 
 def fit_budget(model: LoadedModel, state: VQState, encode, budget: int) -> tuple[bytes, int]:
-    """Move the least important kept texels into the vq tier (nearest code) until ``encode(state)`` fits ``budget``.
+    """Move the least important kept sites into the vq tier (nearest code) until ``encode(state)`` fits ``budget``.
 
-    ``model.field`` and ``state`` are updated in place. Returns the bytes and the number of texels moved.
+    ``model.field`` and ``state`` are updated in place. Returns the bytes and the number of sites moved.
     """
     data = encode(state)
     if len(data) <= budget:
         return data, 0
     field = model.field
-    kept = [(float(state.weights[i].flatten()[t]), i, t) for i, code in enumerate(state.planes)
+    device = field.aabb.device
+    kept = [(float(state.weights[i].flatten()[t]), i, t) for i, code in enumerate(state.grids)
             for t in code.keep.flatten().nonzero().flatten().tolist()]
     kept.sort()
-    original = copy.deepcopy(state.planes)
+    original = copy.deepcopy(state.grids)
 
     def demote(n: int) -> None:
-        state.planes = copy.deepcopy(original)
+        state.grids = copy.deepcopy(original)
         for _, i, t in kept[:n]:
-            state.planes[i].keep.view(-1)[t] = False
-            state.planes[i].vq.view(-1)[t] = True
-        for i, code in enumerate(state.planes):
-            device = code.codebooks["density"].device
-            vq, was_vq = code.vq.flatten().to(device), original[i].vq.flatten().to(device)
-            moved = vq & original[i].keep.flatten().to(device)
-            for kind in KINDS:
-                plane = plane_tensor(field, kind, i).detach()
-                flat = plane.reshape(-1, plane.shape[-1])
-                book = code.codebooks[kind]
+            state.grids[i].keep.view(-1)[t] = False
+            state.grids[i].vq.view(-1)[t] = True
+        for code, was, grid in zip(state.grids, original, field.feature_grids()):
+            vq, was_vq = code.vq.flatten().to(device), was.vq.flatten().to(device)
+            moved = vq & was.keep.flatten().to(device)
+            for kind, book in code.codebooks.items():
+                flat = rows(grid.tensors[kind].detach())
                 full = torch.full((flat.shape[0],), -1, dtype=torch.long, device=device)
-                full[was_vq] = original[i].indices[kind]
+                full[was_vq] = was.indices[kind]
                 full[moved] = assign(flat[moved], book)
                 code.indices[kind] = full[vq]
 
@@ -208,5 +202,5 @@ def fit_budget(model: LoadedModel, state: VQState, encode, budget: int) -> tuple
     state.apply(field)
     data = encode(state)
     if len(data) > budget:
-        raise VqrfError(None, f"cannot fit {budget:,} bytes even with no kept texels ({len(data):,} bytes)")
+        raise VqrfError(None, f"cannot fit {budget:,} bytes even with no kept sites ({len(data):,} bytes)")
     return data, low

@@ -6,7 +6,6 @@ Parameters and point queries only; sampling and compositing live in :mod:`vqrf.r
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
@@ -15,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqrf.config import FieldConfig
+from vqrf.fields.base import FeatureGrid, Field, cpu_has_bf16, positional_encoding
+from vqrf.fields.splat import splat_bilinear
 from vqrf.fields.vm_kernel import MAT_MODE, VEC_MODE, vm_features
 
 __all__ = ["TensorVM", "grid_schedule", "voxels_to_grid"]
@@ -27,22 +28,6 @@ def voxels_to_grid(n_voxels: int, aabb: torch.Tensor) -> list[int]:
     return [int(v) for v in (extent / voxel).long().tolist()]
 
 
-@functools.lru_cache(maxsize=1)
-def _cpu_has_bf16() -> bool:
-    """Native bfloat16 matmuls (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slower than float32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
-    """[N, D] -> [N, 2 * n_freqs * D]: sin(x 2^k) for all k, then cos(x 2^k)."""
-    freqs = 2.0 ** torch.arange(n_freqs, dtype=x.dtype, device=x.device)
-    scaled = (x[..., None] * freqs).flatten(-2)
-    return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=-1)
-
-
 def _tensor_pairs(grid: Sequence[int], comps: Sequence[int], scale: float) -> tuple[nn.ParameterList, nn.ParameterList]:
     planes, lines = [], []
     for (a, b), c, n in zip(MAT_MODE, VEC_MODE, comps):
@@ -51,7 +36,7 @@ def _tensor_pairs(grid: Sequence[int], comps: Sequence[int], scale: float) -> tu
     return nn.ParameterList(planes), nn.ParameterList(lines)
 
 
-class TensorVM(nn.Module):
+class TensorVM(Field):
     """The TensoRF-VM field of method-spec §1.1.
 
     Args:
@@ -59,6 +44,8 @@ class TensorVM(nn.Module):
         grid: [X, Y, Z] grid size.
         cfg: architecture.
     """
+
+    field_type = "tensorf"
 
     def __init__(self, aabb: torch.Tensor, grid: Sequence[int], cfg: FieldConfig):
         super().__init__()
@@ -86,17 +73,13 @@ class TensorVM(nn.Module):
             sizes[c] = line.shape[0]
         return sizes
 
-    def voxel_size(self) -> torch.Tensor:
-        """[3] spacing between grid points."""
-        return (self.aabb[1] - self.aabb[0]) / (torch.tensor(self.grid_size, dtype=torch.float32, device=self.aabb.device) - 1)
+    @property
+    def distance_scale(self) -> float:
+        return self.cfg.distance_scale
 
-    def step_size(self, step_ratio: float) -> float:
-        """Ray-marching step: ``step_ratio`` times the mean voxel size."""
-        return float(self.voxel_size().mean()) * step_ratio
-
-    def normalize(self, xyz: torch.Tensor) -> torch.Tensor:
-        """[N, 3] world points -> [N, 3] in [-1, 1] over the box."""
-        return (xyz - self.aabb[0]) * (2.0 / (self.aabb[1] - self.aabb[0])) - 1.0
+    @property
+    def mask_distance_scale(self) -> float:
+        return 1.0  # the reference's alpha mask leaves the distance scale out: deliberately generous
 
     # ---- queries --------------------------------------------------------------------------------------------------
     def density(self, xyz: torch.Tensor) -> torch.Tensor:
@@ -113,14 +96,14 @@ class TensorVM(nn.Module):
             feature = self.basis(products)
             parts = [feature, viewdirs.to(feature.dtype)]
             if self.cfg.fea_pe:
-                parts.append(_positional_encoding(feature, self.cfg.fea_pe))
+                parts.append(positional_encoding(feature, self.cfg.fea_pe))
             if self.cfg.view_pe:
-                parts.append(_positional_encoding(viewdirs, self.cfg.view_pe).to(feature.dtype))
+                parts.append(positional_encoding(viewdirs, self.cfg.view_pe).to(feature.dtype))
             logits = self.mlp(torch.cat(parts, dim=-1))
         return torch.sigmoid(logits.float())
 
     def _use_bf16(self, device: torch.device) -> bool:
-        return self.cfg.bf16_mlp and device.type == "cpu" and _cpu_has_bf16()
+        return self.cfg.bf16_mlp and device.type == "cpu" and cpu_has_bf16()
 
     # ---- parameter groups and regularisers ------------------------------------------------------------------------
     def grid_parameters(self) -> list[nn.Parameter]:
@@ -128,6 +111,11 @@ class TensorVM(nn.Module):
 
     def network_parameters(self) -> list[nn.Parameter]:
         return [*self.basis.parameters(), *self.mlp.parameters()]
+
+    def regularisation(self, l1: float, tv_density: float, tv_app: float) -> torch.Tensor | None:
+        terms = [w * f() for w, f in ((l1, self.density_l1), (tv_density, self.density_tv), (tv_app, self.app_tv))
+                 if w > 0]
+        return sum(terms) if terms else None
 
     def density_l1(self) -> torch.Tensor:
         """Sum over pairs of mean |plane| + mean |line| of the density tensor."""
@@ -162,24 +150,30 @@ class TensorVM(nn.Module):
     @torch.no_grad()
     def shrink(self, new_aabb: torch.Tensor) -> None:
         """Crop the grid to the grid points covering ``new_aabb`` ([2, 3]); the box snaps to those grid points."""
-        grid = torch.tensor(self.grid_size, device=self.aabb.device)
-        units = self.voxel_size()
-        # Outward to the enclosing grid points (a rounding error's slack, so a box already on grid points stays put).
-        lo = ((new_aabb[0] - self.aabb[0]) / units + 1e-4).floor().long().clamp(min=0)
-        hi = torch.minimum(((new_aabb[1] - self.aabb[0]) / units - 1e-4).ceil().long() + 1, grid)
+        lo, hi = self.crop_window(new_aabb)
         for planes, lines in ((self.density_planes, self.density_lines), (self.app_planes, self.app_lines)):
             for i, ((a, b), c) in enumerate(zip(MAT_MODE, VEC_MODE)):
                 planes[i] = nn.Parameter(planes[i][lo[b] : hi[b], lo[a] : hi[a]].contiguous())
                 lines[i] = nn.Parameter(lines[i][lo[c] : hi[c]].contiguous())
-        old = self.aabb.clone()
-        self.aabb[0] = old[0] + lo.float() * units
-        self.aabb[1] = old[0] + (hi - 1).float() * units
+
+    # ---- compression ----------------------------------------------------------------------------------------------
+    def feature_grids(self) -> list[FeatureGrid]:
+        """Plane position i (xy, xz, yz): its density and appearance planes share one texel grid and one split."""
+        return [FeatureGrid(f"plane{i}", tuple(d.shape[:2]), {"density": d, "app": a}, ("density", "app"))
+                for i, (d, a) in enumerate(zip(self.density_planes, self.app_planes))]
+
+    def splat_importance(self, xyz: torch.Tensor, weights: torch.Tensor, maps: list[torch.Tensor]) -> None:
+        coords = self.normalize(xyz).double()
+        for target, (a, b) in zip(maps, MAT_MODE):
+            splat_bilinear(target, coords[:, a], coords[:, b], weights.double())
+
+    def parameter_roles(self) -> dict[str, str]:
+        roles = {f"{kind}_lines.{i}": "line" for kind in ("density", "app") for i in range(3)}
+        roles.update({name: "network" for name, _ in self.named_parameters() if name.startswith(("basis.", "mlp."))})
+        return roles
 
     def extra_repr(self) -> str:
         return f"grid={self.grid_size}, aabb={[round(v, 3) for v in self.aabb.flatten().tolist()]}"
-
-    def n_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 def grid_schedule(n_init: int, n_final: int, n_steps: int) -> list[int]:

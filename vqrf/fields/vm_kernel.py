@@ -17,62 +17,27 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numba import njit, prange, uint64
 from torch import Tensor
 
-from vqrf.backend import use_numba
+from vqrf.backend import numba_threads, use_numba
+from vqrf.fields.interp import FASTMATH, axis_corners
 
 MAT_MODE = ((0, 1), (0, 2), (1, 2))
 VEC_MODE = (2, 1, 0)
 
-# fastmath without "nnan"/"ninf": the clamp in _axis must still see NaN/inf coordinates (they then contribute
-# zero instead of producing a wild index); reassociation and contraction, which vectorise the channel loops, stay.
-_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
-
-
-@njit(inline="always", fastmath=_FASTMATH)
-def _axis(u: float, size: int) -> tuple[int, int, float, float]:
-    """Linear-interpolation corners of normalised coord ``u`` on an axis of ``size`` texels.
-
-    Returns indices (i0, i1), clamped into range, and float32 weights (w0, w1), 0 for corners outside the axis.
-    Float32 arithmetic in the same order as ``grid_sample`` so the two agree to rounding.
-    """
-    f = (np.float32(u) + np.float32(1.0)) * np.float32(0.5) * np.float32(size - 1)
-    # Written so that NaN fails the test and is clamped too: NaN/inf points contribute nothing.
-    if not (f > np.float32(-1.0)):
-        f = np.float32(-1.0)
-    if not (f < np.float32(size)):
-        f = np.float32(size)
-    f0 = np.floor(f)
-    i0 = int(f0)
-    w1 = f - f0
-    w0 = np.float32(1.0) - w1
-    i1 = i0 + 1
-    if i0 < 0:
-        w0 = np.float32(0.0)
-        i0 = 0
-    if i1 > size - 1:
-        w1 = np.float32(0.0)
-        i1 = size - 1
-        if i0 > size - 1:
-            w0 = np.float32(0.0)
-            i0 = size - 1
-    return i0, i1, w0, w1
-
-
-@njit(inline="always", fastmath=_FASTMATH)
+@njit(inline="always", fastmath=FASTMATH)
 def _corners(xyz: np.ndarray, n: int, i: int, dims: np.ndarray, y0: int, y1: int, wy0: float, wy1: float) -> tuple:
     """Flat offsets and weights of the 4 plane corners and 2 line corners of point n in pair i, given its rows.
 
     Offsets are uint64: numba then skips negative-index wraparound, which keeps the channel loops contiguous
     (vectorised) instead of gathers/scatters.
     """
-    x0, x1, wx0, wx1 = _axis(xyz[n, MAT_MODE[i][0]], dims[i, 1])
-    l0, l1, wl0, wl1 = _axis(xyz[n, VEC_MODE[i]], dims[i, 3])
+    x0, x1, wx0, wx1 = axis_corners(xyz[n, MAT_MODE[i][0]], dims[i, 1])
+    l0, l1, wl0, wl1 = axis_corners(xyz[n, VEC_MODE[i]], dims[i, 3])
     c = uint64(dims[i, 2])
     w = uint64(dims[i, 1])
     r0 = uint64(y0) * w
@@ -81,7 +46,7 @@ def _corners(xyz: np.ndarray, n: int, i: int, dims: np.ndarray, y0: int, y1: int
             uint64(l0) * c, uint64(l1) * c, wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1, wl0, wl1)
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _forward_kernel(planes, lines, dims, xyz, out, reduce):  # pragma: no cover - compiled
     """Forward over points, split evenly across threads.
 
@@ -95,7 +60,7 @@ def _forward_kernel(planes, lines, dims, xyz, out, reduce):  # pragma: no cover 
         for i in range(3):
             pf = planes[i]
             lf = lines[i]
-            y0, y1, wy0, wy1 = _axis(xyz[n, MAT_MODE[i][1]], dims[i, 0])
+            y0, y1, wy0, wy1 = axis_corners(xyz[n, MAT_MODE[i][1]], dims[i, 0])
             b00, b01, b10, b11, bl0, bl1, w00, w01, w10, w11, wl0, wl1 = _corners(xyz, n, i, dims, y0, y1, wy0, wy1)
             c = uint64(dims[i, 2])
             if reduce:
@@ -111,7 +76,7 @@ def _forward_kernel(planes, lines, dims, xyz, out, reduce):  # pragma: no cover 
             out[n] = acc
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _backward_kernel(planes, lines, dims, xyz, grad_out, reduce, seg, bands, out, line_scratch):  # pragma: no cover
     """Scatter-add backward into one flat buffer ``out`` holding all 6 gradients; race-free without locks.
 
@@ -148,7 +113,7 @@ def _backward_kernel(planes, lines, dims, xyz, grad_out, reduce, seg, bands, out
             g = grad_out[n] if reduce else np.float32(0.0)
             for i in range(3):
                 c = uint64(dims[i, 2])
-                y0, y1, wy0, wy1 = _axis(xyz[n, MAT_MODE[i][1]], dims[i, 0])
+                y0, y1, wy0, wy1 = axis_corners(xyz[n, MAT_MODE[i][1]], dims[i, 0])
                 own0 = bands[i, t] <= y0 < bands[i, t + 1]
                 own1 = bands[i, t] <= y1 < bands[i, t + 1]
                 if own0 or own1:
@@ -199,8 +164,9 @@ def _bands(xyz: Tensor, dims: np.ndarray, threads: int) -> np.ndarray:
     sample = xyz[:: max(1, xyz.shape[0] // 8192)].numpy()
     for i, (_, b) in enumerate(MAT_MODE):
         h = dims[i, 0]
-        if len(sample):
-            rows = np.clip(np.floor((sample[:, b] + 1) * 0.5 * (h - 1)), 0, h - 1)
+        coords = sample[:, b][np.isfinite(sample[:, b])]  # a NaN would make every quantile NaN
+        if len(coords):
+            rows = np.clip(np.floor((coords + 1) * 0.5 * (h - 1)), 0, h - 1)
             bands[i] = np.round(np.quantile(rows, frac))
         else:
             bands[i] = np.round(frac * h)
@@ -226,23 +192,12 @@ def _dims(planes: Sequence[Tensor], lines: Sequence[Tensor]) -> np.ndarray:
     return dims
 
 
-def _set_threads() -> int:
-    """Run numba on as many threads as torch (``torch.set_num_threads`` is the one knob); returns the count."""
-    n = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-    # numba's OpenMP layer shares torch's libgomp; its start-up (first call here) resets the OpenMP thread count,
-    # which is where torch reads its own: put torch's back.
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return numba.get_num_threads()
-
-
 def _forward(planes: Sequence[Tensor], lines: Sequence[Tensor], xyz: Tensor, reduce: bool) -> Tensor:
     """Numba forward: [N] if reduce else [N, sum C]."""
     dims = _dims(planes, lines)
     n = xyz.shape[0]
     out = torch.empty((n,) if reduce else (n, int(dims[:, 2].sum())), dtype=torch.float32)
-    _set_threads()
+    numba_threads()
     _forward_kernel(tuple(_flat(p) for p in planes), tuple(_flat(l) for l in lines), dims, xyz.detach().numpy(),
                     out.numpy().reshape(-1), reduce)
     return out
@@ -271,7 +226,7 @@ class _VMFeatures(torch.autograd.Function):
                 size += p.numel()
         flat = torch.empty(size, dtype=torch.float32)
         dims = _dims(planes, lines)
-        threads = _set_threads()
+        threads = numba_threads()
         # Lines come after the planes in the buffer; per-thread copies cover only them.
         line_start = min((seg[k] for k in range(3, 6) if need[k]), default=size)
         line_scratch = np.empty((threads - 1, size - line_start), np.float32)

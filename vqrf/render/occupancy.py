@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vqrf.fields.tensorf import TensorVM
+from vqrf.fields.base import Field
 
 __all__ = ["OccupancyGrid", "build_occupancy"]
 
@@ -45,11 +45,15 @@ class OccupancyGrid:
 
 @torch.no_grad()
 def build_occupancy(
-    field: TensorVM, grid: list[int], step: float, threshold: float, chunk: int = 1 << 18
+    field: Field, grid: list[int], step: float, threshold: float, previous: OccupancyGrid | None = None,
+    chunk: int = 1 << 18,
 ) -> tuple[OccupancyGrid, torch.Tensor | None]:
-    """Evaluate alpha = 1 - exp(-sigma * step) at the grid points of ``field.aabb``, dilate by 3x3x3, threshold.
+    """Evaluate alpha = 1 - exp(-sigma * step * field.mask_distance_scale) at the grid points of ``field.aabb``,
+    dilate by 3x3x3, threshold.
 
-    As in the reference, this alpha has no distance scale: the mask is deliberately generous.
+    Points outside ``previous`` count as empty, as in TensoRF's mask update: space the renderer has been skipping
+    never trained, so its density is still the initial one and says nothing (a DVGO field starts at alpha 1e-2
+    everywhere); without this, such space would come back into the mask.
 
     Returns:
         the occupancy grid, and the [2, 3] box of the grid points that passed (None if nothing did).
@@ -58,7 +62,11 @@ def build_occupancy(
     axes = [torch.linspace(0, 1, n, device=device) for n in grid]
     unit = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
     points = field.aabb[0] * (1 - unit) + field.aabb[1] * unit
-    alpha = torch.cat([1 - torch.exp(-field.density(p) * step) for p in points.split(chunk)]).reshape(grid)
+    scaled_step = step * field.mask_distance_scale
+    alpha = torch.cat([1 - torch.exp(-field.density(p) * scaled_step) for p in points.split(chunk)])
+    if previous is not None:
+        alpha = alpha * torch.cat([previous.query(p) for p in points.split(chunk)])
+    alpha = alpha.reshape(grid)
     alpha = F.max_pool3d(alpha[None, None], kernel_size=3, padding=1, stride=1)[0, 0]
     mask = alpha >= threshold
     # A cell is occupied when any of its 8 corners is: max over each 2x2x2 block of grid points.

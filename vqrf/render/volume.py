@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from vqrf.fields.tensorf import TensorVM
+from vqrf.fields.base import Field
 from vqrf.render.march import count_samples, march, ray_box
 from vqrf.render.occupancy import OccupancyGrid
 
@@ -34,7 +34,7 @@ class RenderSettings:
     weight_thres: float = 1e-4
 
     @staticmethod
-    def for_field(field: TensorVM, near: float, far: float, ndc: bool, white_bg: bool, step_ratio: float = 0.5,
+    def for_field(field: Field, near: float, far: float, ndc: bool, white_bg: bool, step_ratio: float = 0.5,
                   weight_thres: float = 1e-4) -> "RenderSettings":
         step = field.step_size(step_ratio)
         diagonal = float((field.aabb[1] - field.aabb[0]).norm())
@@ -42,7 +42,7 @@ class RenderSettings:
 
 
 def hits_occupied(
-    field: TensorVM, occupancy: OccupancyGrid, origins: torch.Tensor, directions: torch.Tensor, settings: RenderSettings
+    field: Field, occupancy: OccupancyGrid, origins: torch.Tensor, directions: torch.Tensor, settings: RenderSettings
 ) -> torch.Tensor:
     """[R] bool: which rays [R, 3] pass through at least one occupied cell (the others render as background)."""
     t_in, t_out = ray_box(origins, directions, field.aabb, settings.near, settings.far)
@@ -60,7 +60,7 @@ class Samples:
 
 
 def sample_weights(
-    field: TensorVM,
+    field: Field,
     occupancy: OccupancyGrid,
     origins: torch.Tensor,
     directions: torch.Tensor,
@@ -81,20 +81,21 @@ def sample_weights(
     first = torch.cumsum(counts, 0) - counts
     column = torch.arange(xyz.shape[0], device=device) - first[ray_ids]
     sigma = field.density(xyz)
-    tau = sigma * (step * field.cfg.distance_scale) * norms[ray_ids]
+    tau = sigma * (step * field.distance_scale) * norms[ray_ids]
     dense = torch.zeros(n_rays, int(counts.max()), device=device).index_put((ray_ids, column), tau)
     transmittance = torch.exp(-(torch.cumsum(dense, dim=1) - dense))[ray_ids, column]
     return Samples(xyz, t, ray_ids, (1.0 - torch.exp(-tau)) * transmittance)
 
 
 def render_rays(
-    field: TensorVM,
+    field: Field,
     occupancy: OccupancyGrid,
     origins: torch.Tensor,
     directions: torch.Tensor,
     settings: RenderSettings,
     jitter: bool = False,
     white_bg: bool | None = None,
+    per_sample: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Render rays [R, 3] through ``field``.
 
@@ -104,6 +105,8 @@ def render_rays(
     Args:
         jitter: one random offset per ray (training).
         white_bg: composite onto white; defaults to ``settings.white_bg``.
+        per_sample: also return the shaded samples' ``sample_rgb`` [S, 3], ``sample_weights`` [S] and
+            ``sample_ray_ids`` [S] (for per-sample losses).
 
     Returns:
         ``rgb`` [R, 3] in [0, 1], ``depth`` [R], ``acc`` [R] (opacity), ``n_samples`` (scalar, density queries).
@@ -117,25 +120,31 @@ def render_rays(
     rgb = torch.zeros(n_rays, 3, device=device)
     depth = torch.zeros(n_rays, device=device)
     acc = torch.zeros(n_rays, device=device)
+    colors = torch.zeros(0, 3, device=device)
+    shaded_ids, shaded_weights = torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device)
     if xyz.shape[0] > 0:
-        shade = weights > settings.weight_thres
+        shade = (weights > settings.weight_thres).nonzero().squeeze(1)  # once: boolean indexing repeats it
+        shaded_ids, shaded_weights = ray_ids[shade], weights[shade]
         acc = acc.index_add(0, ray_ids, weights)
-        colors = field.color(xyz[shade], viewdirs[ray_ids[shade]])
-        rgb = rgb.index_add(0, ray_ids[shade], weights[shade, None] * colors)
+        colors = field.color(xyz[shade], viewdirs[shaded_ids])
+        rgb = rgb.index_add(0, shaded_ids, shaded_weights[:, None] * colors)
         # The few unshaded samples' weight goes to the shaded ones in proportion (instead of counting as black),
         # so a higher threshold costs little quality; at threshold 0 this is exactly the usual sum.
-        shaded_mass = torch.zeros_like(acc).index_add(0, ray_ids[shade], weights[shade])
+        shaded_mass = torch.zeros_like(acc).index_add(0, shaded_ids, shaded_weights)
         rgb = rgb * (acc / shaded_mass.clamp_min(1e-10))[:, None]
         depth = depth.index_add(0, ray_ids, weights * samples.t)
 
     if settings.white_bg if white_bg is None else white_bg:
         rgb = rgb + (1.0 - acc)[:, None]
-    return {"rgb": rgb.clamp(0.0, 1.0), "depth": depth, "acc": acc, "n_samples": torch.tensor(xyz.shape[0])}
+    out = {"rgb": rgb.clamp(0.0, 1.0), "depth": depth, "acc": acc, "n_samples": torch.tensor(xyz.shape[0])}
+    if per_sample:
+        out.update(sample_rgb=colors, sample_weights=shaded_weights, sample_ray_ids=shaded_ids)
+    return out
 
 
 @torch.no_grad()
 def render_image(
-    field: TensorVM,
+    field: Field,
     occupancy: OccupancyGrid,
     origins: torch.Tensor,
     directions: torch.Tensor,
