@@ -91,6 +91,9 @@ class TrainConfig:
     """Adam leaves grid entries with a zero gradient untouched (DVGO's MaskedAdam), so unseen voxels never drift."""
     pervoxel_lr: bool = False
     """Scale each voxel's learning rate by how many training views see it (DVGO's coarse stage)."""
+    masks_shrink_only: bool = False
+    """A mask update treats space outside the current mask as empty (DVGO: voxels it skipped keep their initial
+    alpha of 1e-2 and would otherwise come back)."""
     box_margin: float = 1.05
     """After a coarse stage, this stage's box is the coarse geometry's box scaled by this about its centre."""
     step_ratio: float = 0.5
@@ -257,7 +260,8 @@ def _dvgo(name: str, dataset: str, coarse_iters: int = 5000, fine_iters: int = 2
             iters=fine_iters, batch_rays=batch, n_voxel_init=fine_voxels // 16, n_voxel_final=fine_voxels,
             upsample_at=tuple(round(p * fine_iters / 20000) for p in (1000, 2000, 3000, 4000)), alpha_mask_at=mask_at,
             lr_grid=0.1, lr_net=1e-3, lr_decay_ratio=0.1 ** (fine_iters / 20000), l1_init=0.0, l1_rest=0.0,
-            entropy_last=1e-3, rgbper=1e-2, skip_zero_grad=True, alpha_mask_thres=1e-3, weight_thres=weight_thres,
+            entropy_last=1e-3, rgbper=1e-2, skip_zero_grad=True, alpha_mask_thres=1e-3, masks_shrink_only=True,
+            weight_thres=weight_thres,
             checkpoint_every=checkpoint_every,
         ),
         coarse=coarse,
@@ -271,8 +275,8 @@ def _dvgo_cpu() -> Preset:
     # DVGO keeps the coarse stage's occupancy throughout; here it is rebuilt from the fine field as it sharpens
     # (as TensoRF's cpu preset does), which keeps the samples per ray from growing with the grid.
     # Samples cost most here, so both stages step a whole voxel (DVGO: half) and the colour MLP is 64 wide.
-    preset = _dvgo("cpu", "blender", coarse_iters=300, fine_iters=3000, batch=4096, coarse_voxels=64**3,
-                   fine_voxels=110**3, coarse_alpha_init=1e-4, weight_thres=1e-3, mask_at=(250, 700, 1400, 2200),
+    preset = _dvgo("cpu", "blender", coarse_iters=300, fine_iters=2000, batch=4096, coarse_voxels=64**3,
+                   fine_voxels=110**3, coarse_alpha_init=1e-4, weight_thres=1e-3, mask_at=(170, 470, 930, 1470),
                    checkpoint_every=500, bf16=True)
     preset.field.rgbnet_width = 64
     preset.coarse.train.batch_rays = 2048

@@ -134,7 +134,8 @@ class _Trainer:
             scale = (MAX_MASK_VOXELS / math.prod(grid)) ** (1 / 3)
             grid = [max(2, int(n * scale)) for n in grid]
         occupancy, box = build_occupancy(self.field, grid, self.field.step_size(self.cfg.step_ratio),
-                                         self.cfg.alpha_mask_thres, self.occupancy)
+                                         self.cfg.alpha_mask_thres,
+                                         self.occupancy if self.cfg.masks_shrink_only else None)
         if box is None:
             # Too early in a short schedule: an empty mask would stop every ray, and the field could never recover.
             tqdm.write(f"vqrf train: iteration {self.iteration}: nothing is dense enough for an occupancy mask yet "

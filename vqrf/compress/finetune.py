@@ -1,7 +1,7 @@
 """Joint fine-tuning of a vector-quantised field (method-spec §2.7), with the reference's bugs fixed.
 
-Each iteration is training's own step (:func:`vqrf.step.optimisation_step`) with the preset's L1 and TV terms and its
-learning-rate decay; what is fine-tuning's own is the learning-rate scale, no jitter and no random background
+Each iteration is training's own step (:func:`vqrf.step.optimisation_step`) with the preset's loss terms (L1 and TV;
+DVGO's entropy and per-sample colour terms) and its learning-rate decay; what is fine-tuning's own is the learning-rate scale, no jitter and no random background
 (the reference's ``is_train=False``), and the VQ state: every ``sync_every`` iterations each code is re-tied to the
 weighted mean of its texels. Pruned texels get no gradient, so they stay zero and never rejoin a code (the reference
 re-filled them). Deliberate deviation: rays that cross no occupied cell are left out of the batches (they render the
@@ -86,7 +86,8 @@ def finetune(
         for it in range(start, iters):
             factor = decay**it
             set_learning_rates(opt, cfg, lr_scale * factor)
-            weights = LossWeights(cfg.l1_rest, cfg.tv_density * factor, cfg.tv_app * factor)
+            weights = LossWeights(cfg.l1_rest, cfg.tv_density * factor, cfg.tv_app * factor, cfg.entropy_last,
+                                  cfg.rgbper)
             stats = optimisation_step(field, occupancy, opt, pool, sampler, cfg.batch_rays, settings, weights,
                                       jitter=False, random_background=False)
             if (it + 1) % sync_every == 0 or it + 1 == iters:

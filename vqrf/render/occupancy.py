@@ -51,9 +51,8 @@ def build_occupancy(
     """Evaluate alpha = 1 - exp(-sigma * step * field.mask_distance_scale) at the grid points of ``field.aabb``,
     dilate by 3x3x3, threshold.
 
-    Points outside ``previous`` count as empty, as in TensoRF's mask update: space the renderer has been skipping
-    never trained, so its density is still the initial one and says nothing (a DVGO field starts at alpha 1e-2
-    everywhere); without this, such space would come back into the mask.
+    With ``previous``, points outside it count as empty: space the renderer has been skipping never trained, so its
+    density is still the initial one and says nothing (a DVGO field starts at alpha 1e-2 everywhere).
 
     Returns:
         the occupancy grid, and the [2, 3] box of the grid points that passed (None if nothing did).
