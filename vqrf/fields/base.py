@@ -8,6 +8,7 @@ prune / vector-quantise / keep split, each carrying one or more feature tensors 
 
 from __future__ import annotations
 
+import abc
 import functools
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
@@ -48,8 +49,8 @@ class FeatureGrid:
     quantised: tuple[str, ...]
 
 
-class Field(nn.Module):
-    """Base class of field types. Subclasses hold a ``aabb`` buffer [2, 3] and implement the methods below."""
+class Field(nn.Module, metaclass=abc.ABCMeta):
+    """Base class of field types. Subclasses hold a ``aabb`` buffer [2, 3] and implement the abstract methods."""
 
     field_type: ClassVar[str]
     supports_ndc: ClassVar[bool] = True
@@ -58,9 +59,10 @@ class Field(nn.Module):
 
     # ---- geometry -------------------------------------------------------------------------------------------------
     @property
+    @abc.abstractmethod
     def grid_size(self) -> list[int]:
         """[X, Y, Z] grid points along each axis."""
-        raise NotImplementedError
+        ...
 
     def voxel_size(self) -> torch.Tensor:
         """[3] spacing between grid points."""
@@ -89,9 +91,10 @@ class Field(nn.Module):
         return lo, hi
 
     @property
+    @abc.abstractmethod
     def distance_scale(self) -> float:
         """Alpha of a step of length s is 1 - exp(-sigma * s * distance_scale)."""
-        raise NotImplementedError
+        ...
 
     @property
     def mask_distance_scale(self) -> float:
@@ -99,48 +102,58 @@ class Field(nn.Module):
         return self.distance_scale
 
     # ---- queries --------------------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def density(self, xyz: torch.Tensor) -> torch.Tensor:
         """Volume density sigma >= 0 at world points [N, 3] -> [N]."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def color(self, xyz: torch.Tensor, viewdirs: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1] at world points [N, 3] seen along unit directions [N, 3] -> [N, 3]."""
-        raise NotImplementedError
+        ...
 
     # ---- training -------------------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def grid_parameters(self) -> list[nn.Parameter]:
         """Parameters trained at the grid learning rate."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def network_parameters(self) -> list[nn.Parameter]:
         """Parameters trained at the network learning rate."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def regularisation(self, l1: float, tv_density: float, tv_app: float) -> torch.Tensor | None:
         """Weighted parameter regularisers (sparsity of density, total variation); None when all weights are 0."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def upsample(self, grid: Sequence[int]) -> None:
         """Resample every feature grid to ``grid`` [X, Y, Z] grid points."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def shrink(self, new_aabb: torch.Tensor) -> None:
         """Crop to the grid points covering ``new_aabb`` [2, 3] (the box snaps to them)."""
-        raise NotImplementedError
+        ...
 
     # ---- compression ----------------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def feature_grids(self) -> list[FeatureGrid]:
         """The sites compression splits, in a fixed order (the current parameters: call again after a change)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def splat_importance(self, xyz: torch.Tensor, weights: torch.Tensor, maps: list[torch.Tensor]) -> None:
         """Add each sample's weight [M] at world points [M, 3] to ``maps`` (one float64 tensor per feature grid,
         of its ``shape``), spread over the sites exactly as a feature lookup at that point reads them."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def parameter_roles(self) -> dict[str, str]:
         """State-dict names of the parameters outside the feature grids -> 'line' or 'network' (storage class)."""
-        raise NotImplementedError
+        ...
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
