@@ -41,6 +41,7 @@ class SceneInfo:
     ndc_focal: float = 0.0
     height: int = 0
     width: int = 0
+    contract: bool = False  # unbounded: the field lives in contracted space (vqrf.render.contraction)
 
 
 @dataclass
@@ -62,7 +63,7 @@ class LoadedModel:
     def render_settings(self) -> RenderSettings:
         t = self.preset.train
         return RenderSettings.for_field(self.field, self.scene.near, self.scene.far, self.scene.ndc,
-                                        self.scene.white_bg, t.step_ratio, t.weight_thres)
+                                        self.scene.white_bg, t.step_ratio, t.weight_thres, self.scene.contract)
 
 
 def atomic_write(path: Path, write) -> None:

@@ -16,6 +16,7 @@ import torch
 
 from vqrf import __version__
 from vqrf.config import FIELD_TYPES, PRESET_NAMES, demo_preset, preset_with
+from vqrf.data.capture import SCENE_KINDS
 from vqrf.errors import VqrfError
 
 EXIT_BAD_INPUT = 2
@@ -55,9 +56,22 @@ def _metric_rows(result: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _load_scene(args: argparse.Namespace, split: str, downscale: float, model=None):
+    """``split`` of ``--data`` as the model was trained on it: a capture read bounded or unbounded as its model
+    renders it, unless ``--scene`` says otherwise."""
+    from vqrf.data import load_scene
+
+    kind = args.scene
+    if kind is None:
+        kind = "unbounded" if model is not None and model.scene.contract else "auto"
+    scene = load_scene(args.data, split=split, downscale=downscale, kind=args.kind, scene=kind)
+    if args.scene is None and model is not None and scene.contract and not model.scene.contract:
+        scene = load_scene(args.data, split=split, downscale=downscale, kind=args.kind, scene="bounded")
+    return scene
+
+
 # ---- verbs ------------------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from vqrf.data import load_scene
     from vqrf.train import train
 
     preset = preset_with(args.preset, args.iters, args.grid_init, args.grid_final, args.batch_rays,
@@ -68,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     resuming = args.resume and (out / "checkpoint.safetensors").is_file()
     if not resuming:
         _refuse_overwrite(model_path, args.force)
-    scene = load_scene(args.data, split="train", downscale=downscale, kind=args.kind)
+    scene = _load_scene(args, "train", downscale)
     stages = f"{preset.coarse.train.iters} coarse + " if preset.coarse else ""
     print(f"vqrf train: {scene.name} ({len(scene)} views, {scene.hw[1]}x{scene.hw[0]}), {preset.field_type} preset "
           f"{preset.name}, {stages}{preset.train.iters} iterations{' (resuming)' if resuming else ''}")
@@ -79,7 +93,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from vqrf.data import load_scene
     from vqrf.evaluate import evaluate
     from vqrf.models import open_model
 
@@ -87,7 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.model).parent / f"eval_{args.split}"
     _refuse_overwrite(out / "metrics.json", args.force)
     downscale = model.preset.downscale if args.downscale is None else args.downscale
-    scene = load_scene(args.data, split=args.split, downscale=downscale, kind=args.kind)
+    scene = _load_scene(args, args.split, downscale, model)
     result = evaluate(model, scene, every=args.every, out_dir=out, lpips_weights=args.lpips_weights,
                       use_lpips=not args.no_lpips, progress=not args.quiet)
     print(f"{scene.name} {args.split}: {result['views']} views at {scene.hw[1]}x{scene.hw[0]}")
@@ -102,7 +115,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from vqrf.compress.rate import parse_size
     from vqrf.compress.vq import describe_tiers
     from vqrf.config import compress_defaults
-    from vqrf.data import load_scene
     from vqrf.models import is_compressed, open_model
 
     out = Path(args.out)
@@ -125,7 +137,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise VqrfError(None, f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(cfg, name)}")
     downscale = model.preset.downscale if args.downscale is None else args.downscale
-    scene = load_scene(args.data, split="train", downscale=downscale, kind=args.kind)
+    scene = _load_scene(args, "train", downscale, model)
     if scene.ndc != model.scene.ndc:
         raise VqrfError(scene.root, "this dataset's ray space (NDC or not) does not match the model's")
     print(f"vqrf compress: {args.model} with {len(scene)} training views of {scene.name} -> {out}"
@@ -146,7 +158,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.eval_every:
         from vqrf.evaluate import evaluate
 
-        test = load_scene(args.data, split="test", downscale=downscale, kind=args.kind)
+        test = _load_scene(args, "test", downscale, model)
         metrics = evaluate(result.model, test, every=args.eval_every, use_lpips=False, progress=not args.quiet)
         recorded = result.reencode({"psnr": metrics["psnr"], "ssim": metrics["ssim"], "views": metrics["views"],
                                     "split": "test"})
@@ -171,7 +183,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from vqrf.data import load_scene
     from vqrf.models import open_model
     from vqrf.render.paths import path_poses, resized
     from vqrf.video import write_video
@@ -192,10 +203,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     model = open_model(args.model, _device(args.device))
     downscale = model.preset.downscale if args.downscale is None else args.downscale
     if args.path == "test":
-        scene = load_scene(args.data, split="test", downscale=downscale, kind=args.kind)
+        scene = _load_scene(args, "test", downscale, model)
         c2w = scene.cameras.c2w[:: args.every]
     else:
-        scene = load_scene(args.data, split="train", downscale=downscale, kind=args.kind)
+        scene = _load_scene(args, "train", downscale, model)
         c2w = path_poses(scene, args.path, args.frames)
     if size is None and args.downscale is None and model.scene.width:
         size = (model.scene.width, model.scene.height)  # the resolution the model was trained at
@@ -208,7 +219,6 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from vqrf.data import load_scene
     from vqrf.models import open_model
     from vqrf.viewer import Viewer, ViewerSettings
 
@@ -220,7 +230,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     training = None
     if args.data:
         downscale = model.preset.downscale if args.downscale is None else args.downscale
-        training = load_scene(args.data, split="train", downscale=downscale, kind=args.kind).cameras
+        training = _load_scene(args, "train", downscale, model).cameras
     viewer = Viewer(model, Path(args.model), training, host=args.host, port=args.port,
                     settings=ViewerSettings(max_resolution=args.max_resolution))
     busy = f" (port {args.port} was busy)" if args.port and viewer.server.get_port() != args.port else ""
@@ -391,9 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
     def dataset(p: argparse.ArgumentParser, required: bool = True,
-                data_help: str = "dataset folder (Blender, LLFF, NSVF, T&T, or transforms.json)") -> None:
+                data_help: str = "dataset folder (Blender, LLFF, NSVF, T&T, COLMAP, or transforms.json)") -> None:
         p.add_argument("--data", required=required, help=data_help)
-        p.add_argument("--kind", default="auto", help="dataset format: auto, blender, llff, nsvf, tt, ngp")
+        p.add_argument("--kind", default="auto", help="dataset format: auto, blender, llff, nsvf, tt, ngp, colmap")
+        p.add_argument("--scene", default=None, choices=SCENE_KINDS,
+                       help="captures (COLMAP, transforms.json): bounded, unbounded (contracted) or auto (360-degree: "
+                            "unbounded; forward-facing: NDC); default: auto, or as the model was trained")
         p.add_argument("--downscale", type=float, default=None, help="image downscale factor (default: the preset's)")
 
     p = verbs.add_parser("demo", help="train and evaluate on a built-in analytic scene (no dataset needed)")

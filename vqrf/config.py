@@ -215,6 +215,43 @@ def _cpu() -> Preset:
     )
 
 
+def _custom() -> Preset:
+    # A real capture (COLMAP or transforms.json) on a GPU: TensoRF-VM over the contracted cube, whose inner half (the
+    # cameras and the subject) gets 160 voxels across; T&T's regularisers for real images.
+    return Preset(
+        "custom",
+        "capture",
+        downscale=2.0,
+        train=TrainConfig(iters=30000, n_voxel_final=320**3, l1_init=0.0, l1_rest=0.0, tv_density=0.1, tv_app=0.01),
+    )
+
+
+def _custom_cpu() -> Preset:
+    # A real capture on 2 cores in about 15 minutes: images at 1/8 (a phone's 720x1280 becomes 90x160), a grid of 128
+    # voxels across the contracted cube, samples a voxel apart (nothing is empty in an unbounded scene).
+    return Preset(
+        "custom-cpu",
+        "capture",
+        downscale=8.0,
+        field=FieldConfig(bf16_mlp=True),
+        train=TrainConfig(
+            iters=3000,
+            batch_rays=2048,
+            n_voxel_init=32**3,
+            n_voxel_final=128**3,
+            upsample_at=(300, 600, 900, 1350, 1800),
+            alpha_mask_at=(600, 1400),
+            l1_init=0.0,
+            l1_rest=0.0,
+            tv_density=0.1,
+            tv_app=0.01,
+            step_ratio=1.0,
+            weight_thres=1e-3,
+            checkpoint_every=500,
+        ),
+    )
+
+
 def demo_preset() -> Preset:
     """The built-in analytic scene of ``vqrf demo``: 64x64 views, a couple of minutes on 2 cores."""
     return Preset(
@@ -287,7 +324,8 @@ def _dvgo_cpu() -> Preset:
 
 
 PRESETS = {
-    "tensorf": {"syn": _syn, "nsvf": _nsvf, "tt": _tt, "llff": _llff, "cpu": _cpu},
+    "tensorf": {"syn": _syn, "nsvf": _nsvf, "tt": _tt, "llff": _llff, "cpu": _cpu, "custom": _custom,
+                "custom-cpu": _custom_cpu},
     "dvgo": {"syn": lambda: _dvgo("syn", "blender"), "nsvf": lambda: _dvgo("nsvf", "nsvf"),
              "tt": lambda: _dvgo("tt", "tt"), "cpu": _dvgo_cpu},
 }

@@ -33,10 +33,11 @@ from vqrf.step import (LOG_EVERY, LossWeights, RayPool, Sampler, load_optimizer_
 __all__ = ["TrainResult", "train", "scene_info"]
 
 MAX_MASK_VOXELS = 256**3
+RECENT_LOGS = 10  # log points (every LOG_EVERY iterations) behind the reported training PSNR
 
 
 def scene_info(scene: Scene) -> SceneInfo:
-    return SceneInfo(scene.near, scene.far, scene.ndc, scene.white_bg, scene.ndc_focal, *scene.hw)
+    return SceneInfo(scene.near, scene.far, scene.ndc, scene.white_bg, scene.ndc_focal, *scene.hw, scene.contract)
 
 
 @dataclass
@@ -46,6 +47,8 @@ class TrainResult:
     seconds: float
     iters: int
     """Iterations run: the schedule's, or fewer when a time limit stopped training."""
+    train_psnr: float = math.nan
+    """The loop's own PSNR: over the training pixels of its last logged batches (about 100 iterations)."""
 
 
 class _Trainer:
@@ -65,6 +68,8 @@ class _Trainer:
         self.ray_filter: OccupancyGrid | None = None  # the grid whose occupied cells the training rays must cross
         self.grid_lr_scale: torch.Tensor | None = None  # per-voxel learning rates ([X, Y, Z, 1]; DVGO's coarse stage)
         self.elapsed = 0.0  # training seconds of earlier (resumed) runs
+        self.recent_mse: list[float] = []  # the batch MSE at the last RECENT_LOGS log points
+        self.dropped = (0, 0)  # (pixels whose rays miss the box, all pixels)
 
     # ---- setup --------------------------------------------------------------------------------------------------
     def fresh(self, start: "CoarseStart | None" = None) -> None:
@@ -77,8 +82,7 @@ class _Trainer:
             raise VqrfError(None, f"a {self.field.field_type} field cannot be trained on a forward-facing (NDC) "
                                   "scene; use --field tensorf")
         self.occupancy = start.occupancy.to(self.device) if start else OccupancyGrid.full(aabb)
-        if not self.scene.ndc:  # rays that miss the box can never be fitted
-            self.pool.keep(self._hits_box)
+        self.keep_rays_in_box()
         if start:  # as DVGO's "in_maskcache" sampler: only rays through the coarse geometry
             self.ray_filter = self.occupancy
             self.pool.keep(self._hits_filter)
@@ -98,8 +102,9 @@ class _Trainer:
         self.field, self.occupancy = ckpt.field, ckpt.occupancy
         self.iteration, self.lr_factor, self.tv_factor = s["iteration"], s["lr_factor"], s["tv_factor"]
         self.l1_weight, self.mask_updates, self.elapsed = s["l1_weight"], s["mask_updates"], s["elapsed"]
+        self.recent_mse = list(s.get("recent_mse", []))
+        self.keep_rays_in_box()
         if not self.scene.ndc:
-            self.pool.keep(self._hits_box)
             if "filter.cells" in ckpt.tensors:
                 self.ray_filter = OccupancyGrid(ckpt.tensors["filter.cells"], ckpt.tensors["filter.aabb"])
                 self.pool.keep(self._hits_filter)
@@ -112,6 +117,27 @@ class _Trainer:
         load_optimizer_tensors(self.opt, ckpt.tensors)
         restore_rng(ckpt.tensors, self.device)
 
+    def keep_rays_in_box(self) -> None:
+        """Train only on pixels whose rays cross the box: the others can never be fitted and render as background.
+
+        Refused when most pixels of a scene with a real background miss the box while most cameras sit outside it:
+        that is an unbounded capture read as a bounded one, and half its images would silently go untrained.
+        """
+        if self.scene.ndc or self.scene.contract:  # every ray crosses an NDC or contracted box
+            return
+        total = len(self.pool.valid)
+        self.pool.keep(self._hits_box)
+        self.dropped = (total - len(self.pool.valid), total)
+        aabb = self.scene.aabb
+        centres = self.scene.cameras.c2w[:, :, 3]
+        outside = float((((centres < aabb[0]) | (centres > aabb[1])).any(-1)).float().mean())
+        if not self.scene.white_bg and self.dropped[0] > 0.5 * total and outside > 0.5:
+            box = ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in zip(aabb[0].tolist(), aabb[1].tolist()))
+            raise VqrfError(self.scene.root, f"{100 * self.dropped[0] / total:.0f}% of the training pixels miss the "
+                                             f"scene box ({box}) and {100 * outside:.0f}% of the cameras are outside "
+                                             "it: this is an unbounded capture; train with --scene unbounded (or "
+                                             "give the box as 'aabb' in transforms.json)")
+
     def _hits_box(self, origins: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
         t_in, t_out = ray_box(origins, directions, self.scene.aabb.to(self.device), self.scene.near, self.scene.far)
         return t_out > t_in
@@ -121,7 +147,8 @@ class _Trainer:
 
     def settings(self) -> RenderSettings:
         return RenderSettings.for_field(self.field, self.scene.near, self.scene.far, self.scene.ndc,
-                                        self.scene.white_bg, self.cfg.step_ratio, self.cfg.weight_thres)
+                                        self.scene.white_bg, self.cfg.step_ratio, self.cfg.weight_thres,
+                                        self.scene.contract)
 
     def loss_weights(self) -> LossWeights:
         return LossWeights(self.l1_weight, self.cfg.tv_density * self.tv_factor, self.cfg.tv_app * self.tv_factor,
@@ -158,13 +185,16 @@ class _Trainer:
         self.opt = self.make_optimizer()
 
     def save(self, path: Path, checkpoint: bool, seconds: float = 0.0) -> None:
-        extra, tensors = {"trained": {"seconds": seconds, "iterations": self.iteration}}, None
+        psnr = self.train_psnr()
+        extra = {"trained": {"seconds": seconds, "iterations": self.iteration,
+                             "psnr": psnr if math.isfinite(psnr) else None}}
+        tensors = None
         if checkpoint:
             extra = {"train": {
                 "iteration": self.iteration, "lr_factor": self.lr_factor, "tv_factor": self.tv_factor,
                 "l1_weight": self.l1_weight, "mask_updates": self.mask_updates, "n_rays": len(self.pool.valid),
                 "epoch": self.sampler.epoch, "position": self.sampler.position,
-                "elapsed": self.elapsed + time.perf_counter() - self._run_start,
+                "elapsed": self.elapsed + time.perf_counter() - self._run_start, "recent_mse": self.recent_mse,
             }}
             tensors = {**optimizer_tensors(self.opt), **rng_tensors(self.device)}
             if self.grid_lr_scale is not None:
@@ -173,6 +203,11 @@ class _Trainer:
                 tensors.update({"filter.cells": self.ray_filter.cells.clone(),
                                 "filter.aabb": self.ray_filter.aabb.clone()})
         save_model(path, self.field, self.occupancy, self.preset, scene_info(self.scene), extra, tensors)
+
+    def train_psnr(self) -> float:
+        if not self.recent_mse:
+            return math.nan
+        return -10 * math.log10(max(sum(self.recent_mse) / len(self.recent_mse), 1e-10))
 
     # ---- the loop -----------------------------------------------------------------------------------------------
     def step(self, settings: RenderSettings):
@@ -208,6 +243,7 @@ class _Trainer:
             self.iteration = it + 1
             if self.iteration % LOG_EVERY == 0 or self.iteration == cfg.iters:
                 mse = float(stats.mse)  # the sync: everything queued so far has run
+                self.recent_mse = (self.recent_mse + [mse])[-RECENT_LOGS:]
                 now = time.perf_counter()
                 rays_per_s = (self.iteration - logged_it) * cfg.batch_rays / max(now - logged_at, 1e-9)
                 logged_at, logged_it = now, self.iteration
@@ -268,9 +304,9 @@ def view_coverage(field: Field, pool: RayPool, settings: RenderSettings) -> torc
     counts = torch.zeros(shape, device=device)
     for view in range(len(cameras)):
         origins, directions, _ = pool.rays(view * pool.height * pool.width + pixels)
-        t_in, t_out = ray_box(origins, directions, field.aabb, settings.near, settings.far)
-        xyz = march(origins, directions, t_in, t_out, settings.step, torch.zeros_like(t_in), everywhere,
-                    settings.max_samples)[0]
+        start, end, inner = settings.span(field, origins, directions)
+        xyz = march(origins, directions, start, end, settings.step, torch.zeros_like(start), everywhere,
+                    settings.max_samples, inner)[0]
         seen = [torch.zeros(shape, dtype=torch.float64, device=device)]
         field.splat_importance(xyz, torch.ones(xyz.shape[0], device=device), seen)
         counts += seen[0] > 1.0 / stride**2
@@ -313,10 +349,14 @@ def train(
         trainer = _Trainer(scene, preset, device, out_dir)
         trainer.elapsed = coarse_seconds
         trainer.fresh(start)
+    dropped, total = trainer.dropped
+    if progress and dropped:
+        tqdm.write(f"vqrf train: {dropped:,} of {total:,} training pixels ({100 * dropped / total:.1f}%) miss the "
+                   "scene box; they are not trained on and render as the background", file=sys.stderr)
     seconds = trainer.elapsed + trainer.run(progress, on_checkpoint, max_seconds)
     trainer.save(out_dir / "model.safetensors", checkpoint=False, seconds=seconds)
     checkpoint.unlink(missing_ok=True)
-    return TrainResult(trainer.field, trainer.occupancy, seconds, trainer.iteration)
+    return TrainResult(trainer.field, trainer.occupancy, seconds, trainer.iteration, trainer.train_psnr())
 
 
 def _coarse_stage(scene: Scene, preset: Preset, out_dir: Path, resume: bool, device: torch.device, progress: bool,
@@ -326,7 +366,8 @@ def _coarse_stage(scene: Scene, preset: Preset, out_dir: Path, resume: bool, dev
     if resume and model_path.is_file() and not (out_dir / "checkpoint.safetensors").is_file():
         model = load_model(model_path, device)
         trained = model.extra.get("trained", {})
-        return TrainResult(model.field, model.occupancy, trained.get("seconds", 0.0), trained.get("iterations", 0))
+        return TrainResult(model.field, model.occupancy, trained.get("seconds", 0.0), trained.get("iterations", 0),
+                           trained.get("psnr") or math.nan)
     if progress:
         tqdm.write(f"vqrf train: coarse stage ({preset.train.iters} iterations) into {out_dir}", file=sys.stderr)
     return train(scene, preset, out_dir, resume, device, progress, None, max_seconds)

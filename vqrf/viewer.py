@@ -112,6 +112,8 @@ def _default_view(model: LoadedModel) -> tuple[torch.Tensor, float]:
     aabb = model.field.aabb.float().cpu()
     centre, half = aabb.mean(0), 0.5 * (aabb[1] - aabb[0])
     distance = 1.6 * float(half.norm())
+    if info.contract:  # a capture's cameras fill [-1, 1]^3 about the subject (vqrf.data.capture)
+        centre, distance = torch.zeros(3), 1.0
     eye = centre + distance * torch.tensor([math.cos(math.radians(30)), 0.0, math.sin(math.radians(30))])
     return look_at(eye, centre, torch.tensor([0.0, 0.0, 1.0])), math.radians(50)
 

@@ -5,7 +5,11 @@
 - ``blender``: ``transforms_{train,val,test}.json`` (NeRF-Synthetic), :mod:`vqrf.data.blender`;
 - ``llff``: ``poses_bounds.npy`` (forward-facing captures, NDC rays), :mod:`vqrf.data.llff`;
 - ``nsvf`` / ``tt``: ``intrinsics.txt`` and ``pose/`` (Synthetic-NSVF, Tanks&Temples), :mod:`vqrf.data.nsvf`;
+- ``colmap``: ``sparse/0/{cameras,images,points3D}.{bin,txt}`` with ``images/`` (COLMAP), :mod:`vqrf.data.colmap`;
 - ``ngp``: ``transforms.json`` (instant-ngp / nerfstudio), :mod:`vqrf.data.ngp`.
+
+Real captures (COLMAP, and ``transforms.json`` without a box) are put in a canonical frame from their cameras and
+rendered unbounded (contracted) or, when forward-facing, with NDC: :mod:`vqrf.data.capture`.
 
 Readers read only metadata and image headers; images are decoded when ``Scene.image(i)`` first asks for them. The
 helpers below are shared by the readers: each turns bad input into a one-line :class:`VqrfError` naming the file.
@@ -28,7 +32,7 @@ from vqrf.errors import VqrfError
 
 __all__ = ["DATASET_KINDS", "Cameras", "Scene", "detect_kind", "load_scene"]
 
-DATASET_KINDS = ("blender", "llff", "nsvf", "tt", "ngp")
+DATASET_KINDS = ("blender", "llff", "nsvf", "tt", "ngp", "colmap")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 _TT_SCENES = {"barn", "caterpillar", "family", "ignatius", "truck"}  # the NSVF-hosted Tanks&Temples release
 
@@ -42,6 +46,9 @@ def detect_kind(path: str | Path) -> str:
     root = _existing_dir(path)
     if any((root / f"transforms_{split}.json").is_file() for split in ("train", "val", "test")):
         return "blender"
+    if any((folder / f"cameras.{ext}").is_file() for folder in (root / "sparse" / "0", root / "sparse")
+           for ext in ("bin", "txt")):
+        return "colmap"
     if (root / "poses_bounds.npy").is_file():
         return "llff"
     if (root / "intrinsics.txt").is_file() and (root / "pose").is_dir():
@@ -51,24 +58,34 @@ def detect_kind(path: str | Path) -> str:
         return "ngp"
     raise VqrfError(
         root,
-        "not a known dataset layout (expected transforms_train.json, poses_bounds.npy, intrinsics.txt with pose/, "
-        "or transforms.json)",
+        "not a known dataset layout (expected transforms_train.json, sparse/0 from COLMAP, poses_bounds.npy, "
+        "intrinsics.txt with pose/, or transforms.json)",
     )
 
 
-def load_scene(path: str | Path, split: str = "train", downscale: float = 1.0, kind: str = "auto") -> Scene:
+def load_scene(path: str | Path, split: str = "train", downscale: float = 1.0, kind: str = "auto",
+               scene: str = "auto") -> Scene:
     """Read one split of the dataset in folder ``path``.
 
     Args:
         path: the scene folder (e.g. ``nerf_synthetic/lego``).
         split: ``train``, ``val`` or ``test``.
         downscale: image size divisor; images are resized with LANCZOS and the intrinsics scaled to match. LLFF
-            reads ``images_{downscale}`` when it exists.
+            and COLMAP read ``images_{downscale}`` when it exists.
         kind: ``auto`` (detect from the files) or one of ``DATASET_KINDS``.
+        scene: for captures (``colmap``, ``ngp``): ``auto``, ``bounded`` or ``unbounded`` (see
+            :mod:`vqrf.data.capture`); the benchmark layouts are bounded (LLFF: NDC) and take only ``auto``.
     """
     root = _existing_dir(path)
     if kind == "auto":
         kind = detect_kind(root)
+    if scene != "auto" and kind not in ("colmap", "ngp"):
+        raise VqrfError(root, f"--scene {scene} applies to captures (COLMAP, transforms.json); a {kind} dataset "
+                              "has a fixed scene box")
+    if kind == "colmap":
+        from vqrf.data.colmap import load_colmap
+
+        return load_colmap(root, split, downscale, scene)
     if kind == "blender":
         from vqrf.data.blender import load_blender
 
@@ -84,7 +101,7 @@ def load_scene(path: str | Path, split: str = "train", downscale: float = 1.0, k
     if kind == "ngp":
         from vqrf.data.ngp import load_ngp
 
-        return load_ngp(root, split, downscale)
+        return load_ngp(root, split, downscale, scene)
     raise VqrfError(None, f"unknown dataset kind '{kind}' (expected auto, {', '.join(DATASET_KINDS)})")
 
 

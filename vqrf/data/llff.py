@@ -20,7 +20,7 @@ from vqrf.data import (
 from vqrf.data.scene import Scene
 from vqrf.errors import VqrfError
 
-__all__ = ["load_llff", "recenter_poses"]
+__all__ = ["load_llff", "forward_facing_scene", "recenter_poses", "image_folders"]
 
 AABB = ((-1.5, -1.67, -1.0), (1.5, 1.67, 1.0))  # in NDC
 HOLD_EVERY = 8  # views 0, 8, 16, ... are the test (and val) views
@@ -44,22 +44,46 @@ def load_llff(root: str | Path, split: str = "train", downscale: float = 1.0) ->
     downscale = check_downscale(downscale, root)
     npy = root / "poses_bounds.npy"
     c2w, full_hwf, bounds = _read_poses_bounds(npy)
+    paths, native_size, size = _images(root, downscale, len(c2w))
+    full_h, full_w, focal = full_hwf
+    fx, fy = focal * native_size[0] / full_w, focal * native_size[1] / full_h
+    n = len(c2w)
+    return forward_facing_scene(root, split, c2w, bounds, np.full(n, fx), np.full(n, fy),
+                                np.full(n, native_size[0] / 2), np.full(n, native_size[1] / 2), None, paths,
+                                native_size, size, downscale)
+
+
+def forward_facing_scene(
+    root: Path,
+    split: str,
+    c2w: np.ndarray,  # [N, 3, 4] OpenGL, every view
+    bounds: np.ndarray,  # [N, 2] nearest and farthest content depth of each view
+    fx: np.ndarray,  # [N] pixels at native_size
+    fy: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    distortion: np.ndarray | None,  # [N, 5] OpenCV coefficients, or None
+    paths: list[Path],
+    native_size: tuple[int, int],  # (W, H) of the files
+    size: tuple[int, int],  # (W, H) to render at
+    downscale: float,
+) -> Scene:
+    """One split of a forward-facing capture, with LLFF's recentring and scaling, rendered with NDC rays."""
     c2w = recenter_poses(c2w)
     scale = 0.75 * bounds.min()
     c2w[:, :, 3] /= scale
-
-    paths, native_size, size = _images(root, downscale, len(c2w))
-    full_h, full_w, focal = full_hwf
-    fx, fy = focal * size[0] / full_w, focal * size[1] / full_h
-
+    sx, sy = size[0] / native_size[0], size[1] / native_size[1]
     held_out = np.arange(len(c2w)) % HOLD_EVERY == 0
     views = np.flatnonzero(held_out if split != "train" else ~held_out)
     chosen = tuple(paths[v] for v in views)
+    cameras = make_cameras(c2w[views], fx[views] * sx, fy[views] * sy, cx[views] * sx, cy[views] * sy, size)
+    if distortion is not None and np.any(distortion != 0):
+        cameras.distortion = torch.from_numpy(distortion[views].astype(np.float32))
     return Scene(
         name=root.name,
         root=root,
         split=split,
-        cameras=make_cameras(c2w[views], fx, fy, size[0] / 2, size[1] / 2, size),
+        cameras=cameras,
         aabb=torch.tensor(AABB, dtype=torch.float32),
         near=0.0,
         far=1.0,
@@ -67,7 +91,7 @@ def load_llff(root: str | Path, split: str = "train", downscale: float = 1.0) ->
         load_image=ImageLoader(chosen, native_size, size, white_bg=False),
         image_names=[p.stem for p in chosen],
         ndc=True,
-        ndc_focal=float(fx),
+        ndc_focal=float(fx[0] * sx),
         downscale=downscale,
         depth_bounds=(float(bounds.min() / scale), float(bounds.max() / scale)),
     )
@@ -115,7 +139,7 @@ def _read_poses_bounds(npy: Path) -> tuple[np.ndarray, tuple[float, float, float
 
 def _images(root: Path, downscale: float, n_poses: int) -> tuple[list[Path], tuple[int, int], tuple[int, int]]:
     """Image files of the folder that serves ``downscale``, their (W, H) and the (W, H) to resize them to."""
-    folders = _image_folders(root)
+    folders = image_folders(root)
     usable = [factor for factor in folders if factor <= downscale]
     if not usable:
         found = ", ".join(folders[f].name for f in sorted(folders)) or "none"
@@ -132,7 +156,7 @@ def _images(root: Path, downscale: float, n_poses: int) -> tuple[list[Path], tup
     return paths, native_size, size
 
 
-def _image_folders(root: Path) -> dict[int, Path]:
+def image_folders(root: Path) -> dict[int, Path]:
     """Image folders by downscale factor: ``images`` is 1, ``images_k`` is k."""
     folders = {1: root / "images"} if (root / "images").is_dir() else {}
     for path in root.glob("images_*"):

@@ -22,6 +22,7 @@ from vqrf.data import (
     read_json,
     scaled_size,
 )
+from vqrf.data.capture import CaptureViews, capture_scene, check_scene_kind
 from vqrf.data.scene import Scene
 from vqrf.errors import VqrfError
 
@@ -33,52 +34,62 @@ HOLD_EVERY = 8  # without split lists, frames 0, 8, 16, ... are the test (and va
 _NUMBER = (int, float)
 
 
-def load_ngp(root: str | Path, split: str = "train", downscale: float = 1.0) -> Scene:
+def load_ngp(root: str | Path, split: str = "train", downscale: float = 1.0, scene: str = "auto") -> Scene:
     """Read split ``split`` of a scene described by ``root/transforms.json``.
 
     Intrinsics come from each frame or, failing that, the top level: ``fl_x``/``fl_y`` (or ``camera_angle_x``/
-    ``camera_angle_y``; fl_y defaults to fl_x), ``cx``/``cy`` (default: the image centre) and ``w``/``h`` (default:
-    the first image's size). All frames of a split must share one image size. ``file_path`` is relative to the json,
-    with or without its suffix.
+    ``camera_angle_y``; fl_y defaults to fl_x), ``cx``/``cy`` (default: the image centre), ``w``/``h`` (default:
+    the first image's size) and OpenCV distortion ``k1``, ``k2``, ``k3``, ``p1``, ``p2`` (fisheye models are
+    refused). ``file_path`` is relative to the json, with or without its suffix.
 
     Split: nerfstudio's ``{split}_filenames`` lists when the json has them; otherwise every 8th frame (0, 8, 16, ...)
-    is held out as ``test`` (and ``val``) and the rest is ``train``. Box: the json's ``aabb`` ([min xyz, max xyz])
-    or [-1.5, 1.5]^3. Near/far: the json's ``near``/``far`` or 2/6. The background is white when the images have
-    an alpha channel.
+    is held out as ``test`` (and ``val``) and the rest is ``train``.
+
+    Scene (``scene``):
+
+    - a json with ``aabb`` ([min xyz, max xyz]), or whose images have alpha (a masked object), is bounded in its own
+      units: the ``aabb``, else instant-ngp's box from ``aabb_scale`` (the unit cube about ``offset``, divided by
+      ``scale``, grown ``aabb_scale`` times), else [-1.5, 1.5]^3; near/far from the json or 2/6 (Blender's);
+    - any other json is a real capture (:mod:`vqrf.data.capture`): unbounded in its canonical frame with ``auto``
+      or ``unbounded``, or bounded in that frame's [-1, 1]^3 with ``bounded``. ``unbounded`` also overrides a box.
     """
     root = Path(root)
     check_split(split, root)
+    check_scene_kind(scene)
     downscale = check_downscale(downscale, root)
     meta_path = root / "transforms.json"
     meta = read_json(meta_path)
     frames = json_get(meta, "frames", list, meta_path)
+    if not frames:
+        raise VqrfError(meta_path, "'frames' is empty")
+    first_path = find_image(root, json_get(frames[0], "file_path", str, meta_path, "frame 0"), meta_path)
+    first_size, has_alpha = image_header(first_path)
+    own_box = "aabb" in meta or has_alpha or (scene == "bounded" and "aabb_scale" in meta)
+    if scene == "unbounded" or not own_box:
+        return _capture(root, meta, frames, split, downscale, scene, meta_path, first_size, has_alpha)
     chosen = _split_frames(meta, frames, split, meta_path)
-
-    paths, poses = [], []
-    for k, frame in chosen:
-        where = f"frame {k}"
-        paths.append(find_image(root, json_get(frame, "file_path", str, meta_path, where), meta_path))
-        poses.append(c2w_matrix(json_get(frame, "transform_matrix", list, meta_path, where), meta_path, where))
-    first_size, has_alpha = image_header(paths[0])
+    paths, poses = _frames(root, chosen, meta_path)
     intrinsics = [_intrinsics(meta, frame, first_size, meta_path, f"frame {k}") for k, frame in chosen]
-
-    sizes = sorted({(w, h) for w, h, *_ in intrinsics})
-    if len(sizes) > 1:
-        (w0, h0), (w1, h1) = sizes[:2]
-        raise VqrfError(meta_path, f"frames of split '{split}' have different image sizes ({w0}x{h0} and {w1}x{h1})")
-    native_size = sizes[0]
+    native_size = _one_size(intrinsics, meta_path, f"frames of split '{split}'")
     size = scaled_size(native_size, downscale, root)
     sx, sy = size[0] / native_size[0], size[1] / native_size[1]
     fx, fy, cx, cy = np.array([k[2:] for k in intrinsics]).T
-    near, far = _number(meta, "near", DEFAULT_NEAR, meta_path), _number(meta, "far", DEFAULT_FAR, meta_path)
+    aabb = _aabb(meta, meta_path)
+    default_near, default_far = (DEFAULT_NEAR, DEFAULT_FAR) if "aabb_scale" not in meta or "aabb" in meta else (
+        0.0, float((aabb[1] - aabb[0]).norm()))
+    near, far = _number(meta, "near", default_near, meta_path), _number(meta, "far", default_far, meta_path)
     if near >= far:
         raise VqrfError(meta_path, f"'near' ({near:g}) must be smaller than 'far' ({far:g})")
+    cameras = make_cameras(np.stack(poses), fx * sx, fy * sy, cx * sx, cy * sy, size)
+    distortion = np.array([_distortion(meta, frame, meta_path, f"frame {k}") for k, frame in chosen])
+    if np.any(distortion):
+        cameras.distortion = torch.from_numpy(distortion.astype(np.float32))
     return Scene(
         name=root.name,
         root=root,
         split=split,
-        cameras=make_cameras(np.stack(poses), fx * sx, fy * sy, cx * sx, cy * sy, size),
-        aabb=_aabb(meta, meta_path),
+        cameras=cameras,
+        aabb=aabb,
         near=near,
         far=far,
         white_bg=has_alpha,
@@ -86,6 +97,58 @@ def load_ngp(root: str | Path, split: str = "train", downscale: float = 1.0) -> 
         image_names=[p.stem for p in paths],
         downscale=downscale,
     )
+
+
+def _capture(root: Path, meta: dict, frames: list, split: str, downscale: float, scene: str, meta_path: Path,
+             first_size: tuple[int, int], has_alpha: bool) -> Scene:
+    """A real capture: every frame in the canonical frame of :mod:`vqrf.data.capture`."""
+    every = list(enumerate(frames))
+    paths, poses = _frames(root, every, meta_path)
+    intrinsics = [_intrinsics(meta, frame, first_size, meta_path, f"frame {k}") for k, frame in every]
+    native_size = _one_size(intrinsics, meta_path, "frames")
+    fx, fy, cx, cy = np.array([k[2:] for k in intrinsics]).T
+    distortion = np.array([_distortion(meta, frame, meta_path, f"frame {k}") for k, frame in every])
+    views = CaptureViews(np.stack(poses), fx, fy, cx, cy, distortion if np.any(distortion) else None, paths,
+                         native_size, has_alpha)
+    chosen = np.array([k for k, _ in _split_frames(meta, frames, split, meta_path)])
+    return capture_scene(root, views, split, downscale, scene, meta_path, chosen)
+
+
+def _frames(root: Path, chosen: list[tuple[int, Any]], meta_path: Path) -> tuple[list[Path], list[np.ndarray]]:
+    """Image paths and [3, 4] poses of the frames ``chosen``."""
+    paths, poses = [], []
+    for k, frame in chosen:
+        where = f"frame {k}"
+        paths.append(find_image(root, json_get(frame, "file_path", str, meta_path, where), meta_path))
+        poses.append(c2w_matrix(json_get(frame, "transform_matrix", list, meta_path, where), meta_path, where))
+    return paths, poses
+
+
+def _one_size(intrinsics: list[tuple], meta_path: Path, what: str) -> tuple[int, int]:
+    sizes = sorted({(w, h) for w, h, *_ in intrinsics})
+    if len(sizes) > 1:
+        (w0, h0), (w1, h1) = sizes[:2]
+        raise VqrfError(meta_path, f"{what} have different image sizes ({w0}x{h0} and {w1}x{h1})")
+    return sizes[0]
+
+
+_DISTORTION_KEYS = ("k1", "k2", "p1", "p2", "k3")
+
+
+def _distortion(meta: dict, frame: dict, meta_path: Path, where: str) -> list[float]:
+    """OpenCV (k1, k2, p1, p2, k3) of a frame (frame keys win over top-level ones; missing keys are 0)."""
+    model = str(frame.get("camera_model", meta.get("camera_model", "OPENCV")))
+    fisheye = bool(frame.get("is_fisheye", meta.get("is_fisheye", False))) or "FISHEYE" in model.upper()
+    if fisheye or float(frame.get("k4", meta.get("k4", 0)) or 0) != 0:
+        raise VqrfError(meta_path, f"{where}: fisheye cameras are not supported; undistort the images first")
+    out = []
+    for key in _DISTORTION_KEYS:
+        source = frame if key in frame else meta
+        value = float(json_get(source, key, _NUMBER, meta_path, where)) if key in source else 0.0
+        if not math.isfinite(value):
+            raise VqrfError(meta_path, f"{where}: '{key}' must be a finite number")
+        out.append(value)
+    return out
 
 
 def _split_frames(meta: dict, frames: list, split: str, meta_path: Path) -> list[tuple[int, Any]]:
@@ -146,6 +209,8 @@ def _intrinsics(
 
 
 def _aabb(meta: dict, meta_path: Path) -> torch.Tensor:
+    if "aabb" not in meta and "aabb_scale" in meta:
+        return _ngp_box(meta, meta_path)
     if "aabb" not in meta:
         return torch.tensor(DEFAULT_AABB, dtype=torch.float32)
     try:
@@ -154,6 +219,18 @@ def _aabb(meta: dict, meta_path: Path) -> torch.Tensor:
         box = np.zeros(0)
     if box.shape != (2, 3) or not np.isfinite(box).all() or (box[0] >= box[1]).any():
         raise VqrfError(meta_path, "'aabb' must be [[min x, y, z], [max x, y, z]] with min < max")
+    return torch.from_numpy(box.astype(np.float32))
+
+
+def _ngp_box(meta: dict, meta_path: Path) -> torch.Tensor:
+    """instant-ngp's box in the json's units: the unit cube about 0.5 grown ``aabb_scale`` times, mapped back through
+    its ``scale`` (default 0.33) and ``offset`` (default 0.5 on each axis)."""
+    grow = float(json_get(meta, "aabb_scale", _NUMBER, meta_path))
+    scale = float(json_get(meta, "scale", _NUMBER, meta_path)) if "scale" in meta else 0.33
+    offset = np.asarray(meta.get("offset", [0.5, 0.5, 0.5]), dtype=np.float64)
+    if not (grow > 0 and scale > 0 and math.isfinite(grow) and math.isfinite(scale)) or offset.shape != (3,):
+        raise VqrfError(meta_path, "'aabb_scale' and 'scale' must be positive numbers and 'offset' three numbers")
+    box = np.stack([(0.5 - grow / 2 - offset) / scale, (0.5 + grow / 2 - offset) / scale])
     return torch.from_numpy(box.astype(np.float32))
 
 

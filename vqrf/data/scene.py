@@ -10,12 +10,18 @@ import numpy as np
 import torch
 
 
+# The box an unbounded (contracted) scene's field spans: all of space, contracted (vqrf.render.contraction).
+CONTRACTED_AABB = ((-2.0, -2.0, -2.0), (2.0, 2.0, 2.0))
+
+
 @dataclass
 class Cameras:
-    """Pinhole cameras of one split, all of one image size.
+    """Pinhole cameras of one split, all of one image size, with optional lens distortion.
 
     Convention (Blender / OpenGL): camera x right, y up, the camera looks along -z.
     Pixel (u, v) has its centre at (u + 0.5, v + 0.5).
+    ``distortion`` holds OpenCV's (k1, k2, p1, p2, k3) per view, applied to image-plane coordinates with y down
+    (as COLMAP, OpenCV and instant-ngp define them); None means none.
     """
 
     c2w: torch.Tensor  # [N, 3, 4] float32 camera-to-world
@@ -25,13 +31,15 @@ class Cameras:
     cy: torch.Tensor  # [N]
     width: int
     height: int
+    distortion: torch.Tensor | None = None  # [N, 5] float32 (k1, k2, p1, p2, k3)
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
 
     def to(self, device: str | torch.device) -> "Cameras":
+        distortion = None if self.distortion is None else self.distortion.to(device)
         return Cameras(self.c2w.to(device), self.fx.to(device), self.fy.to(device), self.cx.to(device),
-                       self.cy.to(device), self.width, self.height)
+                       self.cy.to(device), self.width, self.height, distortion)
 
 
 @dataclass
@@ -53,6 +61,7 @@ class Scene:
     load_image: Callable[[int], np.ndarray]  # i -> [H, W, 3] float32 in [0, 1]
     image_names: list[str]  # one per view, used to name per-view outputs
     ndc: bool = False
+    contract: bool = False  # unbounded: samples are contracted into ``aabb`` = [-2, 2]^3 (vqrf.render.contraction)
     ndc_focal: float = 0.0  # focal length in pixels at this downscale, used by the NDC ray transform
     downscale: float = 1.0
     depth_bounds: tuple[float, float] | None = None  # forward-facing scenes: nearest and farthest content depth

@@ -2,6 +2,7 @@
 
 Camera frame: x right, y up, the camera looks along -z. Pixel (x, y) (column, row) has its centre at (x + 0.5, y + 0.5),
 so the ray through pixel (x, y) has the camera-space direction ((x + 0.5 - cx) / fx, -(y + 0.5 - cy) / fy, -1).
+Cameras with lens distortion first undistort those image-plane coordinates (OpenCV's model, solved by Newton).
 """
 
 from __future__ import annotations
@@ -10,7 +11,41 @@ import torch
 
 from vqrf.data.scene import Cameras
 
-__all__ = ["camera_rays", "camera_rays_at", "ndc_rays"]
+__all__ = ["camera_rays", "camera_rays_at", "ndc_rays", "distort", "undistort"]
+
+_NEWTON_STEPS = 10
+
+
+def distort(x: torch.Tensor, y: torch.Tensor, coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV's lens model on image-plane points [R] (y down): coeffs [R, 5] or [5] = (k1, k2, p1, p2, k3)."""
+    k1, k2, p1, p2, k3 = coeffs.unbind(-1)
+    r2 = x * x + y * y
+    radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    return xd, yd
+
+
+def undistort(xd: torch.Tensor, yd: torch.Tensor, coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The points (x, y) that :func:`distort` maps to (xd, yd): Newton's method from (xd, yd), in float64."""
+    k1, k2, p1, p2, k3 = coeffs.double().unbind(-1)
+    xd64, yd64 = xd.double(), yd.double()
+    x, y = xd64, yd64
+    for _ in range(_NEWTON_STEPS):
+        r2 = x * x + y * y
+        radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+        d_radial = k1 + r2 * (2 * k2 + 3 * k3 * r2)  # d radial / d r2
+        ex = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x) - xd64
+        ey = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y - yd64
+        # The 2x2 Jacobian of (ex, ey) in (x, y).
+        exx = radial + 2 * x * x * d_radial + 2 * p1 * y + 6 * p2 * x
+        exy = 2 * x * y * d_radial + 2 * p1 * x + 2 * p2 * y
+        eyy = radial + 2 * y * y * d_radial + 6 * p1 * y + 2 * p2 * x
+        det = exx * eyy - exy * exy  # the Jacobian is symmetric: d ex / dy = d ey / dx
+        det = torch.where(det.abs() < 1e-12, torch.full_like(det, 1e-12), det)
+        x = x - (ex * eyy - ey * exy) / det
+        y = y - (ey * exx - ex * exy) / det
+    return x.to(xd.dtype), y.to(yd.dtype)
 
 
 def _camera_directions(
@@ -20,11 +55,14 @@ def _camera_directions(
     fy: torch.Tensor,
     cx: torch.Tensor,
     cy: torch.Tensor,
+    distortion: torch.Tensor | None = None,  # [R, 5] or [5]
 ) -> torch.Tensor:
     """Unnormalised camera-space directions [R, 3] through the centres of pixels (pix_x, pix_y)."""
     x = (pix_x + 0.5 - cx) / fx
-    y = -(pix_y + 0.5 - cy) / fy  # image rows go down, camera y goes up
-    return torch.stack([x, y, -torch.ones_like(x)], dim=-1)
+    y = (pix_y + 0.5 - cy) / fy  # image rows go down
+    if distortion is not None:
+        x, y = undistort(x, y, distortion)
+    return torch.stack([x, -y, -torch.ones_like(x)], dim=-1)  # camera y goes up
 
 
 def camera_rays(cameras: Cameras, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +84,9 @@ def camera_rays(cameras: Cameras, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         torch.arange(cameras.width, device=device, dtype=torch.float32),
         indexing="ij",
     )
+    distortion = None if cameras.distortion is None else cameras.distortion[i]
     local = _camera_directions(
-        cols.reshape(-1), rows.reshape(-1), cameras.fx[i], cameras.fy[i], cameras.cx[i], cameras.cy[i]
+        cols.reshape(-1), rows.reshape(-1), cameras.fx[i], cameras.fy[i], cameras.cx[i], cameras.cy[i], distortion
     )
     c2w = cameras.c2w[i]  # [3, 4]
     directions = torch.nn.functional.normalize(local @ c2w[:, :3].T, dim=-1)
@@ -81,8 +120,10 @@ def camera_rays_at(
     view_idx = view_idx.to(cameras.c2w.device, torch.long)
     pix_x = pix_x.to(cameras.c2w.device, torch.float32)
     pix_y = pix_y.to(cameras.c2w.device, torch.float32)
+    distortion = None if cameras.distortion is None else cameras.distortion[view_idx]
     local = _camera_directions(
-        pix_x, pix_y, cameras.fx[view_idx], cameras.fy[view_idx], cameras.cx[view_idx], cameras.cy[view_idx]
+        pix_x, pix_y, cameras.fx[view_idx], cameras.fy[view_idx], cameras.cx[view_idx], cameras.cy[view_idx],
+        distortion,
     )
     c2w = cameras.c2w[view_idx]  # [R, 3, 4]
     directions = torch.nn.functional.normalize(torch.einsum("rij,rj->ri", c2w[:, :, :3], local), dim=-1)

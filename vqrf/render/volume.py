@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from vqrf.fields.base import Field
-from vqrf.render.march import count_samples, march, ray_box
+from vqrf.render.march import count_samples, march, ray_span
 from vqrf.render.occupancy import OccupancyGrid
 
 __all__ = ["RenderSettings", "Samples", "RenderCancelled", "hits_occupied", "sample_weights", "render_rays",
@@ -32,28 +32,34 @@ class RenderSettings:
     ndc: bool = False
     white_bg: bool = True
     weight_thres: float = 1e-4
+    contract: bool = False
+    """Unbounded scene: the field lives in contracted space and rays march in the contraction's parameter."""
 
     @staticmethod
     def for_field(field: Field, near: float, far: float, ndc: bool, white_bg: bool, step_ratio: float = 0.5,
-                  weight_thres: float = 1e-4) -> "RenderSettings":
+                  weight_thres: float = 1e-4, contract: bool = False) -> "RenderSettings":
         step = field.step_size(step_ratio)
         diagonal = float((field.aabb[1] - field.aabb[0]).norm())
-        return RenderSettings(step, int(diagonal / step) + 1, near, far, ndc, white_bg, weight_thres)
+        return RenderSettings(step, int(diagonal / step) + 1, near, far, ndc, white_bg, weight_thres, contract)
+
+    def span(self, field: Field, origins: torch.Tensor, directions: torch.Tensor):
+        """:func:`vqrf.render.march.ray_span` of rays [R, 3] through ``field`` under these settings."""
+        return ray_span(origins, directions, field.aabb, self.near, self.far, self.contract)
 
 
 def hits_occupied(
     field: Field, occupancy: OccupancyGrid, origins: torch.Tensor, directions: torch.Tensor, settings: RenderSettings
 ) -> torch.Tensor:
     """[R] bool: which rays [R, 3] pass through at least one occupied cell (the others render as background)."""
-    t_in, t_out = ray_box(origins, directions, field.aabb, settings.near, settings.far)
-    return count_samples(origins, directions, t_in, t_out, settings.step, occupancy, settings.max_samples) > 0
+    start, end, inner = settings.span(field, origins, directions)
+    return count_samples(origins, directions, start, end, settings.step, occupancy, settings.max_samples, inner) > 0
 
 
 @dataclass
 class Samples:
     """The samples of a batch of rays that fall in occupied cells, with their compositing weights."""
 
-    xyz: torch.Tensor  # [M, 3] positions
+    xyz: torch.Tensor  # [M, 3] positions (contracted in unbounded scenes)
     t: torch.Tensor  # [M] distances along the (unnormalised) ray directions
     ray_ids: torch.Tensor  # [M] which ray each sample belongs to, grouped by ray
     weights: torch.Tensor  # [M] alpha * transmittance
@@ -71,10 +77,11 @@ def sample_weights(
     n_rays = origins.shape[0]
     device = origins.device
     norms = directions.norm(dim=-1)
-    t_start, t_end = ray_box(origins, directions, field.aabb, settings.near, settings.far)
+    t_start, t_end, inner = settings.span(field, origins, directions)
     step = (settings.far - settings.near) / settings.max_samples if settings.ndc else settings.step
     offsets = torch.rand(n_rays, device=device) if jitter else torch.zeros(n_rays, device=device)
-    xyz, t, ray_ids, counts = march(origins, directions, t_start, t_end, step, offsets, occupancy, settings.max_samples)
+    xyz, t, ray_ids, counts = march(origins, directions, t_start, t_end, step, offsets, occupancy, settings.max_samples,
+                                    inner)
     if xyz.shape[0] == 0:
         return Samples(xyz, t, ray_ids, t.new_zeros(0))
     # Optical depth of each sample, laid out densely [R, S] so transmittance is a per-row cumulative sum.
