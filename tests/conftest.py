@@ -57,6 +57,14 @@ def fern_dir(data_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def beer_dir(data_root: Path) -> Path:
+    path = data_root / "captures" / "beer"
+    if not path.is_dir():
+        pytest.fail(f"{path} missing from VQRF_DATA")
+    return path
+
+
+@pytest.fixture(scope="session")
 def demo_model(tmp_path_factory) -> Path:
     """A small model trained on 12 views of the analytic demo scene (24x24), for tests that render."""
     from vqrf.config import demo_preset

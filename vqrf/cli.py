@@ -138,8 +138,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
             raise VqrfError(None, f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(cfg, name)}")
     downscale = model.preset.downscale if args.downscale is None else args.downscale
     scene = _load_scene(args, "train", downscale, model)
-    if scene.ndc != model.scene.ndc:
-        raise VqrfError(scene.root, "this dataset's ray space (NDC or not) does not match the model's")
+    if (scene.ndc, scene.contract) != (model.scene.ndc, model.scene.contract):
+        raise VqrfError(scene.root, "this dataset's ray space (NDC, contracted or plain) does not match the model's")
     print(f"vqrf compress: {args.model} with {len(scene)} training views of {scene.name} -> {out}"
           + (f" (budget {budget:,} bytes)" if budget else ""))
     checkpoint = out.with_name(out.name + ".partial.safetensors")
@@ -257,7 +257,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("box", " ".join(f"{v:.3f}" for v in field.aabb.flatten().tolist())),
         ("parameters", f"{field.n_parameters():,}"),
         ("occupied", f"{100 * model.occupancy.occupied_fraction():.1f}% of the box"),
-        ("rays", "NDC (forward-facing)" if model.scene.ndc else f"near {model.scene.near}, far {model.scene.far}"),
+        ("rays", "NDC (forward-facing)" if model.scene.ndc else
+                 f"unbounded: contracted beyond [-1, 1]^3, near {model.scene.near:g}" if model.scene.contract else
+                 f"near {model.scene.near}, far {model.scene.far}"),
         ("background", "white" if model.scene.white_bg else "black"),
     ]
     if "train" in model.extra:

@@ -33,7 +33,7 @@ from vqrf.step import (LOG_EVERY, LossWeights, RayPool, Sampler, load_optimizer_
 __all__ = ["TrainResult", "train", "scene_info"]
 
 MAX_MASK_VOXELS = 256**3
-RECENT_LOGS = 10  # log points (every LOG_EVERY iterations) behind the reported training PSNR
+RECENT_LOGS = 5  # log points (every LOG_EVERY iterations) behind the reported training PSNR
 
 
 def scene_info(scene: Scene) -> SceneInfo:
@@ -48,7 +48,7 @@ class TrainResult:
     iters: int
     """Iterations run: the schedule's, or fewer when a time limit stopped training."""
     train_psnr: float = math.nan
-    """The loop's own PSNR: over the training pixels of its last logged batches (about 100 iterations)."""
+    """The loop's own PSNR: over the training pixels of its last logged batches (about 50 iterations)."""
 
 
 class _Trainer:

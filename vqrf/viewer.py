@@ -192,10 +192,15 @@ class Viewer:
         self._rays_per_s: float | None = None  # measured on this machine and scene, for sizing refinement steps
         with contextlib.redirect_stdout(io.StringIO()):  # viser prints a banner; the CLI prints its own line
             self.server = viser.ViserServer(host=host, port=port, verbose=False)
-        # Forward-facing (LLFF) scenes are y-up and orbit a point ahead; bounded ones are z-up about the box centre.
+        # Forward-facing (LLFF) scenes are y-up and orbit a point ahead; bounded ones are z-up about the box centre,
+        # unbounded captures about their subject (the origin of their canonical frame).
         self._up = np.array([0.0, 1.0, 0.0] if model.scene.ndc else [0.0, 0.0, 1.0])
-        self._target = (torch.tensor([0.0, 0.0, -_FORWARD_FOCUS]) if model.scene.ndc
-                        else model.field.aabb.float().cpu().mean(0))
+        if model.scene.ndc:
+            self._target = torch.tensor([0.0, 0.0, -_FORWARD_FOCUS])
+        elif model.scene.contract:
+            self._target = torch.zeros(3)
+        else:
+            self._target = model.field.aabb.float().cpu().mean(0)
         self.server.scene.set_up_direction(self._up)
         self._home = self._start_view()
         self._set_initial_camera(*self._home)
@@ -294,12 +299,12 @@ class Viewer:
     # ---- setup ---------------------------------------------------------------------------------------------------
     def _start_view(self) -> tuple[torch.Tensor, float]:
         """Where browsers start and "Reset view" returns: a little behind the first training camera (so its frustum
-        is not in the way), or a default view of the box."""
+        is not in the way; at it in an unbounded capture, where behind it are walls), or a default view of the box."""
         if self.training is None or not len(self.training):
             return _default_view(self.model)
         c2w = self.training.c2w[0].float().cpu()
         fov = _vertical_fov(self.training.height, float(self.training.fy[0]))
-        back = 0.4 * (c2w[:, 3] - self._target).norm()
+        back = 0.0 if self.model.scene.contract else 0.4 * (c2w[:, 3] - self._target).norm()
         return torch.cat([c2w[:, :3], (c2w[:, 3] + back * c2w[:, 2])[:, None]], dim=1), fov
 
     def _set_initial_camera(self, c2w: torch.Tensor, fov: float) -> None:

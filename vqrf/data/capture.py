@@ -29,7 +29,7 @@ __all__ = ["SCENE_KINDS", "CaptureViews", "canonical_frame", "apply_frame", "is_
 SCENE_KINDS = ("auto", "bounded", "unbounded")
 HOLD_EVERY = 8  # views 0, 8, 16, ... (in name order) are the test (and val) views
 FORWARD_CONE_DEGREES = 40.0  # every camera looks within this angle of the mean direction: forward-facing
-NEAR = 0.02  # in the canonical frame, where the cameras fill [-1, 1]^3
+NEAR = 0.1  # in the canonical frame, where the cameras fill [-1, 1]^3: no floaters on the lenses
 UNBOUNDED_FAR = 1e4
 BOUNDED_BOX = ((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0))
 

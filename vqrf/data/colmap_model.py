@@ -132,10 +132,12 @@ class _Reader:
         except UnicodeDecodeError:
             raise VqrfError(self.path, "an image name is not UTF-8 text") from None
 
-    def count(self, limit: int) -> int:
+    def count(self) -> int:
+        """An entry count; every entry takes at least a byte, so a count beyond the bytes left is refused up front."""
         (n,) = self.take("Q")
-        if n > limit:
-            raise VqrfError(self.path, f"corrupt COLMAP binary file (count {n} is larger than the file)")
+        if n > len(self.data) - self.pos:
+            raise VqrfError(self.path, f"truncated or corrupt COLMAP binary file ({n} entries announced, "
+                                       f"{len(self.data) - self.pos} bytes left)")
         return n
 
 
@@ -148,7 +150,7 @@ def _camera(path: Path, camera_id: int, model: str, width: int, height: int, par
 def _read_cameras_bin(path: Path) -> dict[int, ColmapCamera]:
     r = _Reader(path)
     cameras = {}
-    for _ in range(r.count(len(r.data))):
+    for _ in range(r.count()):
         camera_id, model_id, width, height = r.take("iiQQ")
         if model_id not in CAMERA_MODELS:
             raise VqrfError(path, f"camera {camera_id} has unknown model id {model_id}")
@@ -163,10 +165,10 @@ _POINT2D = np.dtype([("xy", "<f8", 2), ("id", "<i8")])
 def _read_images_bin(path: Path) -> list[ColmapImage]:
     r = _Reader(path)
     images = []
-    for _ in range(r.count(len(r.data))):
+    for _ in range(r.count()):
         _, qw, qx, qy, qz, tx, ty, tz, camera_id = r.take("idddddddi")
         name = r.name()
-        r.array(_POINT2D, r.count(len(r.data)))  # the 2D observations are not needed
+        r.array(_POINT2D, r.count())  # the 2D observations are not needed
         images.append(_image(path, name, camera_id, (qw, qx, qy, qz), (tx, ty, tz)))
     return images
 
@@ -181,9 +183,9 @@ def _image(path: Path, name: str, camera_id: int, q: tuple, t: tuple) -> ColmapI
 def _read_points_bin(path: Path) -> np.ndarray:
     r = _Reader(path)
     points = []
-    for _ in range(r.count(len(r.data))):
+    for _ in range(r.count()):
         _, x, y, z, _, _, _, _ = r.take("QdddBBBd")
-        r.array(np.dtype("<i4"), 2 * r.count(len(r.data)))  # the track
+        r.array(np.dtype("<i4"), 2 * r.count())  # the track
         points.append((x, y, z))
     out = np.array(points, dtype=np.float64).reshape(-1, 3)
     return out[np.isfinite(out).all(axis=1)]

@@ -23,22 +23,47 @@ def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.
 
 
 def orbit_path(cameras: Cameras, n_frames: int) -> torch.Tensor:
-    """[n_frames, 3, 4]: a full circle about the world z axis at the cameras' mean radius and elevation.
+    """[n_frames, 3, 4]: an orbit about the world z axis at the cameras' mean radius and elevation, looking at the
+    origin and starting at the first camera's azimuth.
 
-    Blender, NSVF and T&T scenes are centred at the origin with z up, as their cameras' orbit shows.
+    Blender, NSVF and T&T scenes, and captures in their canonical frame, are centred at the origin with z up. Cameras
+    all around go full circle; a capture that covers only an arc (its largest gap between camera azimuths over
+    ``ARC_GAP_DEGREES``) sweeps that arc and back, never showing the side nobody photographed.
     """
     positions = cameras.c2w[:, :, 3]
     radius = float(positions.norm(dim=-1).mean())
     elevation = float(torch.asin((positions[:, 2] / positions.norm(dim=-1)).clamp(-1, 1)).mean())
-    start = math.atan2(float(positions[0, 1]), float(positions[0, 0]))
+    azimuths = torch.atan2(positions[:, 1], positions[:, 0]).double()
+    start = float(azimuths[0])
+    lo, span = _covered_arc(azimuths)
     up = torch.tensor([0.0, 0.0, 1.0])
     out = []
     for k in range(n_frames):
-        angle = start + 2 * math.pi * k / n_frames
+        phase = 2 * math.pi * k / n_frames
+        if span is None:
+            angle = start + phase
+        else:  # back and forth over [lo, lo + span], starting at the first camera
+            offset = math.acos(max(-1.0, min(1.0, 1 - 2 * ((start - lo) % (2 * math.pi)) / span)))
+            angle = lo + span * 0.5 * (1 - math.cos(phase + offset))
         eye = radius * torch.tensor([math.cos(elevation) * math.cos(angle), math.cos(elevation) * math.sin(angle),
                                      math.sin(elevation)])
         out.append(look_at(eye, torch.zeros(3), up))
     return torch.stack(out)
+
+
+ARC_GAP_DEGREES = 60.0
+
+
+def _covered_arc(azimuths: torch.Tensor) -> tuple[float, float | None]:
+    """(start, span) of the arc of azimuths [N] the cameras cover, going counter-clockwise; span None when the
+    largest gap between neighbouring cameras is under ``ARC_GAP_DEGREES`` (the cameras go all around)."""
+    ordered = torch.sort(azimuths % (2 * math.pi)).values
+    gaps = torch.diff(torch.cat([ordered, ordered[:1] + 2 * math.pi]))
+    widest = int(gaps.argmax())
+    if math.degrees(float(gaps[widest])) < ARC_GAP_DEGREES:
+        return 0.0, None
+    start = float(ordered[(widest + 1) % len(ordered)])
+    return start, 2 * math.pi - float(gaps[widest])
 
 
 def spiral_path(cameras: Cameras, depth_bounds: tuple[float, float], n_frames: int, rotations: float = 2.0,
