@@ -284,3 +284,28 @@ def _quaternion(rotation: np.ndarray) -> np.ndarray:
     q[1 + j] = (m[j, k] + m[k, j]) / s
     return q
 
+
+
+def test_orbit_of_a_partial_capture_starts_at_its_first_camera_and_stays_on_the_photographed_arc(beer_bin):
+    from vqrf.render.paths import orbit_path
+
+    cams = beer_bin.cameras
+    path = orbit_path(cams, 48)
+    azimuth = lambda c2w: torch.atan2(c2w[..., 1, 3], c2w[..., 0, 3])  # noqa: E731
+    torch.testing.assert_close(path[0, :, 3], _on_orbit(cams, float(azimuth(cams.c2w[0]))), atol=1e-5, rtol=0)
+    photographed = torch.sort(azimuth(cams.c2w) % (2 * math.pi)).values
+    for frame in path:  # every frame lies between two photographed azimuths less than 60 degrees apart
+        a = float(azimuth(frame)) % (2 * math.pi)
+        gap = (photographed - a).abs()
+        nearest = float(torch.minimum(gap, 2 * math.pi - gap).min())
+        assert math.degrees(nearest) < 30, math.degrees(nearest)
+        look = -frame[:, 2]  # looks at the subject: the origin is straight ahead
+        torch.testing.assert_close(look, -frame[:, 3] / frame[:, 3].norm(), atol=1e-5, rtol=0)
+
+
+def _on_orbit(cams, angle: float) -> torch.Tensor:
+    positions = cams.c2w[:, :, 3]
+    radius = float(positions.norm(dim=-1).mean())
+    elevation = float(torch.asin((positions[:, 2] / positions.norm(dim=-1)).clamp(-1, 1)).mean())
+    return radius * torch.tensor([math.cos(elevation) * math.cos(angle), math.cos(elevation) * math.sin(angle),
+                                  math.sin(elevation)])
