@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,14 @@ def evaluate(
 
     Returns:
         mean ``psnr``, ``ssim`` (and ``lpips_alex`` when weights are available), ``views``, ``render_seconds``,
-        ``render_rays_per_s`` and a ``per_view`` list.
+        ``render_rays_per_s``, a ``per_view`` list, and ``psnr_pooled``: the PSNR of the mean squared error over
+        every scored pixel (what a training loop's PSNR over random pixels estimates; the protocol's ``psnr`` is
+        the mean of the views' PSNRs, higher when views differ in difficulty).
     """
     if every < 1:
         raise VqrfError(None, f"--every must be >= 1, got {every}")
-    if model.scene.ndc != scene.ndc:
-        raise VqrfError(scene.root, "this dataset's ray space (NDC or not) does not match the model's")
+    if (model.scene.ndc, model.scene.contract) != (scene.ndc, scene.contract):
+        raise VqrfError(scene.root, "this dataset's ray space (NDC, contracted or plain) does not match the model's")
     settings = model.render_settings()
     metrics = ImageMetrics(lpips_weights, use_lpips=use_lpips)
     views = list(range(0, len(scene), every))
@@ -67,8 +70,10 @@ def evaluate(
         rows.append(row)
         if out_dir is not None:
             save_png(Path(out_dir) / "renders" / f"{scene.image_names[i]}.png", pred)
+    mean_mse = sum(10 ** (-row["psnr"] / 10) for row in rows) / len(rows)  # every view has H x W pixels
     result = {
         **metrics.mean(),
+        "psnr_pooled": -10 * math.log10(max(mean_mse, 1e-10)),
         "views": len(views),
         "render_seconds": render_seconds,
         "render_rays_per_s": n_rays / max(render_seconds, 1e-9),

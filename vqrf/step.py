@@ -41,6 +41,7 @@ class RayPool:
         self.cameras = scene.cameras.to(self.device)
         self.colors = torch.stack([scene.image(i) for i in range(len(scene))]).reshape(-1, 3).to(self.device)
         self.valid = torch.arange(self.colors.shape[0], device=self.device)  # flat indices still trained on
+        self.dropped_error = 0.0  # summed per-pixel MSE of the pixels dropped by keep(): they render as background
 
     def rays(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Flat pixel indices [B] -> origins [B, 3], directions [B, 3], target colours [B, 3]."""
@@ -54,8 +55,20 @@ class RayPool:
 
     @torch.no_grad()
     def keep(self, predicate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], chunk: int = 1 << 18) -> None:
-        """Keep only the pixels whose rays satisfy ``predicate(origins, directions) -> [B] bool``."""
-        self.valid = torch.cat([idx[predicate(*self.rays(idx)[:2])] for idx in self.valid.split(chunk)])
+        """Keep only the pixels whose rays satisfy ``predicate(origins, directions) -> [B] bool``; the others are
+        never trained on and render as the scene's background, an error ``dropped_error`` accounts for."""
+        kept = []
+        background = 1.0 if self.scene.white_bg else 0.0
+        for idx in self.valid.split(chunk):
+            hit = predicate(*self.rays(idx)[:2])
+            kept.append(idx[hit])
+            self.dropped_error += float((self.colors[idx[~hit]] - background).pow(2).mean(-1).sum())
+        self.valid = torch.cat(kept)
+
+    def full_mse(self, batch_mse: float) -> float:
+        """The MSE over every training pixel, estimated from a batch of kept pixels' ``batch_mse``."""
+        total = self.colors.shape[0]
+        return (batch_mse * len(self.valid) + self.dropped_error) / total
 
 
 class Sampler:
@@ -112,6 +125,7 @@ class StepStats:
     """What a step measured, as device tensors: reading them forces a sync, so loops read them only to log."""
 
     mse: torch.Tensor
+    """Over the batch, composited on the scene's own background (as evaluation renders it)."""
     n_samples: torch.Tensor
 
 
@@ -139,6 +153,9 @@ def optimisation_step(
                       per_sample=weights.rgbper > 0)
     mse = torch.mean((out["rgb"] - target) ** 2)
     loss = mse
+    if white != pool.scene.white_bg:  # trained on another background this step: report on the scene's own
+        shown = out["foreground"] + (1.0 - out["acc"])[:, None] * float(pool.scene.white_bg)
+        mse = torch.mean((shown.detach().clamp(0.0, 1.0) - target) ** 2)
     regularisation = field.regularisation(weights.l1, weights.tv_density, weights.tv_app)
     if regularisation is not None:
         loss = loss + regularisation

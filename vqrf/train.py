@@ -48,7 +48,8 @@ class TrainResult:
     iters: int
     """Iterations run: the schedule's, or fewer when a time limit stopped training."""
     train_psnr: float = math.nan
-    """The loop's own PSNR: over the training pixels of its last logged batches (about 50 iterations)."""
+    """The loop's own PSNR over every training pixel, from its last logged batches (about 50 iterations), the
+    pixels it does not train on counted as the background they render as."""
 
 
 class _Trainer:
@@ -242,7 +243,8 @@ class _Trainer:
                 settings = self.settings()
             self.iteration = it + 1
             if self.iteration % LOG_EVERY == 0 or self.iteration == cfg.iters:
-                mse = float(stats.mse)  # the sync: everything queued so far has run
+                # The sync: everything queued so far has run. Dropped pixels count as the background they render as.
+                mse = self.pool.full_mse(float(stats.mse))
                 self.recent_mse = (self.recent_mse + [mse])[-RECENT_LOGS:]
                 now = time.perf_counter()
                 rays_per_s = (self.iteration - logged_it) * cfg.batch_rays / max(now - logged_at, 1e-9)

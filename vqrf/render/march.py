@@ -73,7 +73,8 @@ def _position(origins, directions, r, s, inner, contract):
     """(x, y, z, t) of the sample at parameter s on ray r: s is t, unless contracting (see vqrf.render.contraction)."""
     t = s
     if contract and s > inner[r]:
-        t = inner[r] * inner[r] / max(2.0 * inner[r] - s, 1e-12)
+        span = np.float64(inner[r])  # float64 throughout, as the PyTorch marcher computes it
+        t = span * span / max(2.0 * span - s, 1e-12)
     x = origins[r, 0] + t * directions[r, 0]
     y = origins[r, 1] + t * directions[r, 1]
     z = origins[r, 2] + t * directions[r, 2]

@@ -116,7 +116,8 @@ def render_rays(
             ``sample_ray_ids`` [S] (for per-sample losses).
 
     Returns:
-        ``rgb`` [R, 3] in [0, 1], ``depth`` [R], ``acc`` [R] (opacity), ``n_samples`` (scalar, density queries).
+        ``rgb`` [R, 3] in [0, 1], ``depth`` [R], ``acc`` [R] (opacity), ``n_samples`` (scalar, density queries),
+        ``foreground`` [R, 3] (the colour before any background is composited).
     """
     n_rays = origins.shape[0]
     device = origins.device
@@ -141,9 +142,11 @@ def render_rays(
         rgb = rgb * (acc / shaded_mass.clamp_min(1e-10))[:, None]
         depth = depth.index_add(0, ray_ids, weights * samples.t)
 
+    foreground = rgb
     if settings.white_bg if white_bg is None else white_bg:
         rgb = rgb + (1.0 - acc)[:, None]
-    out = {"rgb": rgb.clamp(0.0, 1.0), "depth": depth, "acc": acc, "n_samples": torch.tensor(xyz.shape[0])}
+    out = {"rgb": rgb.clamp(0.0, 1.0), "depth": depth, "acc": acc, "n_samples": torch.tensor(xyz.shape[0]),
+           "foreground": foreground}
     if per_sample:
         out.update(sample_rgb=colors, sample_weights=shaded_weights, sample_ray_ids=shaded_ids)
     return out
