@@ -353,8 +353,12 @@ def test_unknown_layout(tmp_path: Path):
 def test_bad_arguments(broken: Path):
     with raises_naming(broken, "downscale must be a positive number"):
         load_scene(broken, downscale=0)
-    with pytest.raises(VqrfError, match="unknown dataset kind 'colmap'"):
+    with pytest.raises(VqrfError, match="unknown dataset kind 'mipnerf'"):
+        load_scene(broken, kind="mipnerf")
+    with raises_naming(broken, "no COLMAP model"):
         load_scene(broken, kind="colmap")
     with raises_naming(broken, "unknown split 'all'"):
         load_scene(broken, "all", kind="ngp")
-    assert set(DATASET_KINDS) == {"blender", "llff", "nsvf", "tt", "ngp"}
+    with pytest.raises(VqrfError, match="unknown scene kind 'open'"):
+        load_scene(broken, kind="ngp", scene="open")
+    assert set(DATASET_KINDS) == {"blender", "llff", "nsvf", "tt", "ngp", "colmap"}
