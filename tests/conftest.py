@@ -40,28 +40,26 @@ def data_root() -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def lego_dir(data_root: Path) -> Path:
-    path = data_root / "nerf_synthetic" / "lego"
+def _scene_folder(data_root: Path, relative: str) -> Path:
+    path = data_root / relative
     if not path.is_dir():
         pytest.fail(f"{path} missing from VQRF_DATA")
     return path
+
+
+@pytest.fixture(scope="session")
+def lego_dir(data_root: Path) -> Path:
+    return _scene_folder(data_root, "nerf_synthetic/lego")
 
 
 @pytest.fixture(scope="session")
 def fern_dir(data_root: Path) -> Path:
-    path = data_root / "nerf_llff_data" / "fern"
-    if not path.is_dir():
-        pytest.fail(f"{path} missing from VQRF_DATA")
-    return path
+    return _scene_folder(data_root, "nerf_llff_data/fern")
 
 
 @pytest.fixture(scope="session")
 def beer_dir(data_root: Path) -> Path:
-    path = data_root / "captures" / "beer"
-    if not path.is_dir():
-        pytest.fail(f"{path} missing from VQRF_DATA")
-    return path
+    return _scene_folder(data_root, "captures/beer")
 
 
 @pytest.fixture(scope="session")
