@@ -257,15 +257,22 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("box", " ".join(f"{v:.3f}" for v in field.aabb.flatten().tolist())),
         ("parameters", f"{field.n_parameters():,}"),
         ("occupied", f"{100 * model.occupancy.occupied_fraction():.1f}% of the box"),
-        ("rays", "NDC (forward-facing)" if model.scene.ndc else
-                 f"unbounded: contracted beyond [-1, 1]^3, near {model.scene.near:g}" if model.scene.contract else
-                 f"near {model.scene.near}, far {model.scene.far}"),
+        ("rays", _rays_text(model.scene)),
         ("background", "white" if model.scene.white_bg else "black"),
     ]
     if "train" in model.extra:
         rows.append(("checkpoint", f"iteration {model.extra['train']['iteration']}"))
     print(_table(rows))
     return 0
+
+
+def _rays_text(scene) -> str:
+    """How a model's rays are marched, for ``vqrf info``."""
+    if scene.ndc:
+        return "NDC (forward-facing)"
+    if scene.contract:
+        return f"unbounded: contracted beyond [-1, 1]^3, near {scene.near:g}"
+    return f"near {scene.near}, far {scene.far}"
 
 
 def _info_compressed(path: Path) -> int:
@@ -296,7 +303,8 @@ def _info_compressed(path: Path) -> int:
     rows = [("file", f"{path}  {len(data):,} bytes ({len(data) / 2**20:.3f} MiB)"),
             ("field", model.field.field_type),
             ("preset", model.preset.name),
-            ("grid", "x".join(map(str, model.field.grid_size)))]
+            ("grid", "x".join(map(str, model.field.grid_size))),
+            ("rays", _rays_text(model.scene))]
     if "tiers" in stats:
         rows.append(("sites", describe_tiers(stats["tiers"])))
     _, sections = decode_container(data, path)
