@@ -204,22 +204,20 @@ def _short(preset_name: str, batch_rays: int, iters: int = 300):
 
 def _layouts(data_root: Path, tmp: Path) -> dict:
     beer, lego = data_root / "captures" / "beer", data_root / "nerf_synthetic" / "lego"
-    model = beer_model(beer)
     return {
         "colmap": lambda: (beer, DOWNSCALE, "custom-cpu", 1024),
-        "ngp": lambda: (write_ngp_json(model, tmp / "ns", beer, "nerfstudio"), DOWNSCALE, "custom-cpu", 1024),
         "blender": lambda: (lego, 8, "cpu", 2048),
         "nsvf": lambda: (write_nsvf(lego, tmp / "nsvf", matrix_intrinsics=False, n_train=40, n_val=2), 8, "cpu", 2048),
-        "llff": lambda: (data_root / "nerf_llff_data" / "fern", 32, "llff", 1024),
+        "llff": lambda: (data_root / "nerf_llff_data" / "fern", 32, "llff", 512),
     }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["colmap", "ngp", "blender", "nsvf", "llff"])
+@pytest.mark.parametrize("layout", ["colmap", "blender", "nsvf", "llff"])
 def test_eval_on_training_views_agrees_with_the_training_loop(data_root, tmp_path, layout):
     """A short run of every reader: evaluation on every training view within 1 dB of the PSNR the loop itself
-    reported. (The COLMAP text and instant-ngp json layouts give the same
-    rays as these, test_every_format_of_the_capture_gives_the_same_rays.)"""
+    reported. The transforms.json reader is covered through the COLMAP run: on the same capture it gives the same
+    rays and images (test_every_format_of_the_capture_gives_the_same_rays), hence the same training run."""
     root, downscale, preset_name, batch_rays = _layouts(data_root, tmp_path)[layout]()
     scene = load_scene(root, "train", downscale=downscale)
     preset = _short(preset_name, batch_rays)
