@@ -46,8 +46,9 @@ def detect_kind(path: str | Path) -> str:
     root = _existing_dir(path)
     if any((root / f"transforms_{split}.json").is_file() for split in ("train", "val", "test")):
         return "blender"
-    if any((folder / f"cameras.{ext}").is_file() for folder in (root / "sparse" / "0", root / "sparse")
-           for ext in ("bin", "txt")):
+    from vqrf.data.colmap import model_folder
+
+    if model_folder(root) is not None:
         return "colmap"
     if (root / "poses_bounds.npy").is_file():
         return "llff"
