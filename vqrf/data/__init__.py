@@ -255,6 +255,15 @@ class ImageLoader:
         return pixels.astype(np.float32)
 
 
+HOLD_EVERY = 8  # layouts without split files hold out views 0, 8, 16, ... as test (and val)
+
+
+def split_views(n: int, split: str) -> np.ndarray:
+    """Indices of ``split`` among ``n`` views: every 8th view (0, 8, ...) for test and val, the rest for train."""
+    held_out = np.arange(n) % HOLD_EVERY == 0
+    return np.flatnonzero(held_out if split != "train" else ~held_out)
+
+
 def make_cameras(
     c2w: np.ndarray,  # [N, 3, 4]
     fx: float | np.ndarray,  # scalar or [N]
@@ -262,6 +271,7 @@ def make_cameras(
     cx: float | np.ndarray,
     cy: float | np.ndarray,
     size: tuple[int, int],  # (W, H)
+    distortion: np.ndarray | None = None,  # [N, 5] OpenCV (k1, k2, p1, p2, k3); all zero or None: none
 ) -> Cameras:
     """:class:`Cameras` (float32 tensors) from numpy poses and per-view or shared intrinsics in pixels."""
     n = c2w.shape[0]
@@ -277,4 +287,6 @@ def make_cameras(
         cy=per_view(cy),
         width=size[0],
         height=size[1],
+        distortion=torch.from_numpy(distortion.astype(np.float32)) if distortion is not None and np.any(distortion)
+        else None,
     )

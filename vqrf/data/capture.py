@@ -19,15 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqrf.data import ImageLoader, make_cameras, scaled_size
+from vqrf.data import ImageLoader, make_cameras, scaled_size, split_views
 from vqrf.data.scene import CONTRACTED_AABB, Scene
 from vqrf.errors import VqrfError
 
 __all__ = ["SCENE_KINDS", "CaptureViews", "canonical_frame", "apply_frame", "is_forward_facing", "capture_scene",
-           "check_scene_kind", "HOLD_EVERY"]
+           "check_scene_kind"]
 
 SCENE_KINDS = ("auto", "bounded", "unbounded")
-HOLD_EVERY = 8  # views 0, 8, 16, ... (in name order) are the test (and val) views
 FORWARD_CONE_DEGREES = 40.0  # every camera looks within this angle of the mean direction: forward-facing
 NEAR = 0.1  # in the canonical frame, where the cameras fill [-1, 1]^3: no floaters on the lenses
 UNBOUNDED_FAR = 1e4
@@ -100,17 +99,15 @@ def capture_scene(root: Path, views: CaptureViews, split: str, downscale: float,
     check_scene_kind(scene_kind)
     c2w = apply_frame(canonical_frame(views.c2w), views.c2w)
     if chosen is None:
-        held_out = np.arange(len(c2w)) % HOLD_EVERY == 0
-        chosen = np.flatnonzero(held_out if split != "train" else ~held_out)
+        chosen = split_views(len(c2w), split)
     if len(chosen) == 0:
         raise VqrfError(source, f"no views for split '{split}' ({len(c2w)} views in all)")
     size = scaled_size(views.native_size, downscale, root)
     sx, sy = size[0] / views.native_size[0], size[1] / views.native_size[1]
     unbounded = scene_kind in ("auto", "unbounded")
+    distortion = None if views.distortion is None else views.distortion[chosen]
     cameras = make_cameras(c2w[chosen], views.fx[chosen] * sx, views.fy[chosen] * sy, views.cx[chosen] * sx,
-                           views.cy[chosen] * sy, size)
-    if views.distortion is not None and np.any(views.distortion != 0):
-        cameras.distortion = torch.from_numpy(views.distortion[chosen].astype(np.float32))
+                           views.cy[chosen] * sy, size, distortion)
     paths = tuple(views.paths[k] for k in chosen)
     return Scene(
         name=root.name,

@@ -16,6 +16,7 @@ from vqrf.data import (
     make_cameras,
     one_line,
     scaled_size,
+    split_views,
 )
 from vqrf.data.scene import Scene
 from vqrf.errors import VqrfError
@@ -23,7 +24,6 @@ from vqrf.errors import VqrfError
 __all__ = ["load_llff", "forward_facing_scene", "recenter_poses", "image_folders"]
 
 AABB = ((-1.5, -1.67, -1.0), (1.5, 1.67, 1.0))  # in NDC
-HOLD_EVERY = 8  # views 0, 8, 16, ... are the test (and val) views
 
 
 def load_llff(root: str | Path, split: str = "train", downscale: float = 1.0) -> Scene:
@@ -73,12 +73,10 @@ def forward_facing_scene(
     scale = 0.75 * bounds.min()
     c2w[:, :, 3] /= scale
     sx, sy = size[0] / native_size[0], size[1] / native_size[1]
-    held_out = np.arange(len(c2w)) % HOLD_EVERY == 0
-    views = np.flatnonzero(held_out if split != "train" else ~held_out)
+    views = split_views(len(c2w), split)
     chosen = tuple(paths[v] for v in views)
-    cameras = make_cameras(c2w[views], fx[views] * sx, fy[views] * sy, cx[views] * sx, cy[views] * sy, size)
-    if distortion is not None and np.any(distortion != 0):
-        cameras.distortion = torch.from_numpy(distortion[views].astype(np.float32))
+    cameras = make_cameras(c2w[views], fx[views] * sx, fy[views] * sy, cx[views] * sx, cy[views] * sy, size,
+                           None if distortion is None else distortion[views])
     return Scene(
         name=root.name,
         root=root,

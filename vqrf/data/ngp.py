@@ -21,6 +21,7 @@ from vqrf.data import (
     make_cameras,
     read_json,
     scaled_size,
+    split_views,
 )
 from vqrf.data.capture import CaptureViews, capture_scene, check_scene_kind
 from vqrf.data.scene import Scene
@@ -30,7 +31,6 @@ __all__ = ["load_ngp"]
 
 DEFAULT_AABB = ((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5))
 DEFAULT_NEAR, DEFAULT_FAR = 2.0, 6.0
-HOLD_EVERY = 8  # without split lists, frames 0, 8, 16, ... are the test (and val) views
 _NUMBER = (int, float)
 
 
@@ -80,10 +80,8 @@ def load_ngp(root: str | Path, split: str = "train", downscale: float = 1.0, sce
     near, far = _number(meta, "near", default_near, meta_path), _number(meta, "far", default_far, meta_path)
     if near >= far:
         raise VqrfError(meta_path, f"'near' ({near:g}) must be smaller than 'far' ({far:g})")
-    cameras = make_cameras(np.stack(poses), fx * sx, fy * sy, cx * sx, cy * sy, size)
     distortion = np.array([_distortion(meta, frame, meta_path, f"frame {k}") for k, frame in chosen])
-    if np.any(distortion):
-        cameras.distortion = torch.from_numpy(distortion.astype(np.float32))
+    cameras = make_cameras(np.stack(poses), fx * sx, fy * sy, cx * sx, cy * sy, size, distortion)
     return Scene(
         name=root.name,
         root=root,
@@ -158,8 +156,7 @@ def _split_frames(meta: dict, frames: list, split: str, meta_path: Path) -> list
         file_paths = [json_get(frame, "file_path", str, meta_path, f"frame {k}") for k, frame in enumerate(frames)]
         chosen = [(k, frames[k]) for k, file_path in enumerate(file_paths) if _normalized(file_path) in listed]
     else:
-        held_out = split != "train"
-        chosen = [(k, f) for k, f in enumerate(frames) if (k % HOLD_EVERY == 0) == held_out]
+        chosen = [(int(k), frames[k]) for k in split_views(len(frames), split)]
     if not chosen:
         raise VqrfError(meta_path, f"no frames for split '{split}'")
     return chosen
