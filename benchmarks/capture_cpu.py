@@ -56,7 +56,7 @@ def main() -> None:
     raw = evaluate(load_model(model_path), test_scene, out_dir=out / "raw", progress=progress)
     on_train = evaluate(load_model(model_path), train_scene, use_lpips=False, progress=progress)
 
-    cfg = compress_defaults(preset.dataset, preset.field_type)
+    cfg = compress_defaults(preset.dataset, preset.field_type, train_scene.contract)
     start = time.perf_counter()
     packed = compress_scene(load_model(model_path), train_scene, cfg, model_path, str(capture), downscale,
                             budget=parse_size(args.target_size), progress=progress)

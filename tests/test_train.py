@@ -94,7 +94,8 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(lego_dir, tmp_
     resumed: the final parameters equal, bit for bit, those of a run that was never interrupted."""
     def command(out):
         return [sys.executable, "-m", "vqrf.cli", "train", "--data", str(lego_dir), "--preset", "cpu", "--downscale",
-                "16", "--iters", "400", "--checkpoint-every", "40", "--device", "cpu", "--out", str(out), "--quiet"]
+                "16", "--iters", "400", "--grid-final", "64", "--batch-rays", "1024", "--checkpoint-every", "40",
+                "--device", "cpu", "--out", str(out), "--quiet"]
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -123,7 +123,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if is_compressed(args.model):
         raise VqrfError(args.model, "is already compressed; compress the trained model (.safetensors)")
     model = open_model(args.model, _device(args.device))
-    cfg = compress_defaults(model.preset.dataset, model.preset.field_type)
+    cfg = compress_defaults(model.preset.dataset, model.preset.field_type, model.scene.contract)
     for name in ("keep", "non_prune", "codebook_size", "finetune_iters", "sync_every"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))

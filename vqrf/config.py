@@ -394,13 +394,17 @@ class CompressConfig:
         return self.finetune_iters if self.finetune_iters is not None else preset.train.iters // 3
 
 
-def compress_defaults(dataset: str, field: str = "tensorf") -> CompressConfig:
+def compress_defaults(dataset: str, field: str = "tensorf", contracted: bool = False) -> CompressConfig:
     """The reference's settings per field type and dataset kind.
 
     TensoRF: keep 0.7, prune past 0.999 (nsvf and llff prune nothing), fine-tuning at 0.25 of the initial learning
     rates. DVGO (§5.2): keep 0.6, prune past 0.999, fine-tuning at 5x the final learning rates of its 20k-iteration
     schedule (restarted at iteration 4000, so 0.1^0.8 of the initial at the end): 0.79 of the initial ones.
+    A ``contracted`` (unbounded) scene prunes nothing: its background is spread thin over most texels, each of
+    little importance (on the beer capture the last 0.1% of importance held 73% of the texels, and pruning them
+    cost 0.19 dB on held-out views).
     """
+    keep_all = contracted or dataset in ("nsvf", "llff")
     if field == "dvgo":
-        return CompressConfig(keep=0.6, non_prune=0.999, lr_scale=5 * 0.1**0.8)
-    return CompressConfig(non_prune=1.0) if dataset in ("nsvf", "llff") else CompressConfig()
+        return CompressConfig(keep=0.6, non_prune=1.0 if contracted else 0.999, lr_scale=5 * 0.1**0.8)
+    return CompressConfig(non_prune=1.0) if keep_all else CompressConfig()
