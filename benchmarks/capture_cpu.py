@@ -66,7 +66,7 @@ def main() -> None:
     decoded = open_model(file_path)
     compressed = evaluate(decoded, test_scene, out_dir=out / "vqrf", progress=progress)
 
-    orbit = path_poses(train_scene, "orbit", 60)
+    orbit = path_poses(train_scene.camera_set(), "orbit", 60)
     cameras = resized(train_scene.cameras, orbit, train_scene.hw[1] * 2, train_scene.hw[0] * 2)
     write_video(decoded, cameras, out / "orbit.mp4", fps=20, progress=progress)
     strip = _strip(test_scene, out / "vqrf" / "renders", ROOT / "docs" / "capture_beer.png")

@@ -43,8 +43,9 @@ def one_video(name: str, model_path: Path, data: Path, kind: str, frames: int, c
     reader = imageio_ffmpeg.read_frames(str(video))
     meta = next(reader)
     w, h = meta["size"]
-    scene = load_scene(data, "train", downscale=model.preset.downscale)
-    cameras = resized(scene.cameras, path_poses(scene, kind, frames), w, h)  # the cameras `vqrf render` uses
+    # the cameras `vqrf render` uses: the file's own training cameras, or for an older file the dataset's
+    views = model.scene.views or load_scene(data, "train", downscale=model.preset.downscale).camera_set()
+    cameras = resized(views.cameras, path_poses(views, kind, frames), w, h)
     wanted, matches = set(check), {}
     for k, raw in enumerate(reader):
         if k in wanted:

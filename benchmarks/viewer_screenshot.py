@@ -50,8 +50,8 @@ def main() -> None:
     if not model_path.is_file():
         sys.exit(f"{model_path} missing: run benchmarks/lego_cpu_compress.py first")
     model = open_model(model_path)
-    training = load_scene(data_root() / "nerf_synthetic/lego", "train", downscale=model.preset.downscale).cameras
-    viewer = Viewer(model, model_path, training, port=0)
+    views = load_scene(data_root() / "nerf_synthetic/lego", "train", downscale=model.preset.downscale).camera_set()
+    viewer = Viewer(model, model_path, views, port=0)
     frames: list[Frame] = []
     viewer.on_frame(frames.append)
     shot = ROOT / "docs" / "viewer.png"

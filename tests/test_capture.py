@@ -339,11 +339,11 @@ def test_a_capture_goes_through_every_verb_in_contracted_space(beer_dir, tmp_pat
     if field == "tensorf":  # the viewer starts at the first training camera, facing the subject at the origin
         from vqrf.viewer import Viewer
 
-        training = load_scene(beer_dir, "train", downscale=32).cameras
-        viewer = Viewer(decoded, small, training, port=0)
+        views = load_scene(beer_dir, "train", downscale=32).camera_set()
+        viewer = Viewer(decoded, small, views, port=0)
         try:
             start, _ = viewer._home
-            torch.testing.assert_close(start, training.c2w[0])
+            torch.testing.assert_close(start, views.cameras.c2w[0])
             to_subject = torch.nn.functional.normalize(-start[:, 3], dim=0)
             assert float(to_subject @ -start[:, 2]) > math.cos(math.radians(30))
         finally:

@@ -72,7 +72,7 @@ def test_spiral_stays_in_front_of_fern(fern_dir):
     scene = load_scene(fern_dir, "train", downscale=8)
     near, far = scene.depth_bounds
     assert 0 < near < far
-    path = spiral_path(scene.cameras, scene.depth_bounds, 40)
+    path = spiral_path(scene.cameras, scene.depth_bounds, scene.camera_set().up, 40)
     positions, spread = path[:, :, 3], scene.cameras.c2w[:, :, 3].abs().quantile(0.9, dim=0)
     assert (positions - scene.cameras.c2w[:, :, 3].mean(0)).abs().le(spread + 1e-5).all()
     assert (path[:, 2, 2] > 0.9).all()  # back axis ~ +z: every frame looks forward (-z), like the captured views

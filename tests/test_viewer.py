@@ -132,8 +132,8 @@ class Browser:
 
 def test_browser_moves_the_camera_and_receives_the_rendered_frame(demo_model):
     model = load_model(demo_model)
-    training = make_demo_scene("train", n_views=12, size=24).cameras
-    viewer = Viewer(model, demo_model, training, port=0,
+    views = make_demo_scene("train", n_views=12, size=24).camera_set()
+    viewer = Viewer(model, demo_model, views, port=0,
                     settings=ViewerSettings(max_resolution=64, preview_resolution=24, refine_after=0.2))
     sent: list[Frame] = []
     viewer.on_frame(sent.append)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass, field as dc_field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vqrf.config import Preset
+from vqrf.data.scene import CameraSet
 from vqrf.errors import VqrfError
 from vqrf.fields import Field, create_field
 from vqrf.render.occupancy import OccupancyGrid
@@ -42,6 +43,11 @@ class SceneInfo:
     height: int = 0
     width: int = 0
     contract: bool = False  # unbounded: the field lives in contracted space (vqrf.render.contraction)
+    views: CameraSet | None = None  # the training cameras, for orbits, spirals and the viewer; None in older files
+
+    def header(self) -> dict[str, Any]:
+        """The JSON facts (every field but ``views``, which files store beside them as arrays)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "views"}
 
 
 @dataclass
@@ -88,17 +94,23 @@ def save_model(
     extra: dict[str, Any] | None = None,
     tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write a model (or, with ``extra``/``tensors``, a checkpoint) atomically."""
+    """Write a model (or, with ``extra``/``tensors``, a checkpoint) atomically; the scene's training cameras, when
+    known, go in as float32 ``views.*`` tensors and a ``views`` header entry (the .vqrf layout, at full precision)."""
     header = {
         "format": FORMAT,
         "version": VERSION,
         "field_type": field.field_type,
         "grid": field.grid_size,
         "preset": preset.to_dict(),
-        "scene": scene.__dict__,
+        "scene": scene.header(),
         "extra": extra or {},
     }
     payload = {f"field.{k}": v.detach().cpu().contiguous() for k, v in field.state_dict().items()}
+    if scene.views is not None:
+        header["views"] = scene.views.header()
+        payload["views.c2w"] = scene.views.cameras.c2w.float().cpu().contiguous()
+        if "intrinsics" not in header["views"]:
+            payload["views.intrinsics"] = scene.views.intrinsics().contiguous()
     payload["occupancy.cells"] = occupancy.cells.cpu().contiguous()
     payload["occupancy.aabb"] = occupancy.aabb.cpu().contiguous()
     for k, v in (tensors or {}).items():
@@ -143,7 +155,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         state = {k[len("field."):]: v for k, v in tensors.items() if k.startswith("field.")}
         field.load_state_dict(state)
         occupancy = OccupancyGrid(tensors["occupancy.cells"], tensors["occupancy.aabb"].float())
-    except (KeyError, TypeError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise VqrfError(path, f"inconsistent model file ({str(e).splitlines()[0]})") from None
+    views = header.get("views")  # absent in models trained before cameras were stored
+    scene.views = None if views is None else CameraSet.from_stored(
+        views, tensors.get("views.c2w", torch.zeros(0)), tensors.get("views.intrinsics"), scene.ndc, path)
     extra_tensors = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     return LoadedModel(field, occupancy, preset, scene, header.get("extra", {}), extra_tensors)

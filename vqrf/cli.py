@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -18,6 +18,10 @@ from vqrf import __version__
 from vqrf.config import FIELD_TYPES, PRESET_NAMES, demo_preset, preset_with
 from vqrf.data.capture import SCENE_KINDS
 from vqrf.errors import VqrfError
+
+if TYPE_CHECKING:
+    from vqrf.checkpoint import LoadedModel
+    from vqrf.data.scene import Cameras, CameraSet
 
 EXIT_BAD_INPUT = 2
 
@@ -68,6 +72,19 @@ def _load_scene(args: argparse.Namespace, split: str, downscale: float, model=No
     if args.scene is None and model is not None and scene.contract and not model.scene.contract:
         scene = load_scene(args.data, split=split, downscale=downscale, kind=args.kind, scene="bounded")
     return scene
+
+
+def _training_views(args: argparse.Namespace, model: LoadedModel, needed_for: str) -> CameraSet:
+    """The training cameras for camera paths and the viewer: the model file's own, or for a file written before vqrf
+    stored them (field version 1 or 2, older checkpoints), those of ``--data``; without either, a one-line error
+    saying that ``needed_for`` needs ``--data``."""
+    if model.scene.views is not None:
+        return model.scene.views
+    if not args.data:
+        raise VqrfError(args.model, f"stores no training cameras (written by an older vqrf); {needed_for} needs "
+                                    f"--data DATASET")
+    downscale = model.preset.downscale if args.downscale is None else args.downscale
+    return _load_scene(args, "train", downscale, model).camera_set()
 
 
 # ---- verbs ------------------------------------------------------------------------------------------------------
@@ -182,9 +199,26 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _video_cameras(args: argparse.Namespace, model: LoadedModel, size: tuple[int, int] | None) -> Cameras:
+    """The cameras ``vqrf render`` draws: the dataset's test views, or an orbit or spiral about the training cameras
+    (the model's own, so no dataset is needed), at ``size`` (W, H), or the resolution the model was trained at."""
+    from vqrf.render.paths import path_poses, resized
+
+    if args.path == "test":
+        downscale = model.preset.downscale if args.downscale is None else args.downscale
+        base = _load_scene(args, "test", downscale, model).cameras
+        c2w = base.c2w[:: args.every]
+    else:
+        views = _training_views(args, model, f"--path {args.path}")
+        base, c2w = views.cameras, path_poses(views, args.path, args.frames)
+    if size is None and args.downscale is None and model.scene.width:
+        size = (model.scene.width, model.scene.height)
+    width, height = size or (base.width, base.height)
+    return resized(base, c2w, width - width % 2, height - height % 2)  # H.264 (yuv420p) needs even sizes
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from vqrf.models import open_model
-    from vqrf.render.paths import path_poses, resized
     from vqrf.video import write_video
 
     out = Path(args.out)
@@ -200,18 +234,10 @@ def cmd_render(args: argparse.Namespace) -> int:
             assert len(size) == 2 and min(size) > 0
         except (ValueError, AssertionError):
             raise VqrfError(None, f"--resolution must look like 800x600, got {args.resolution!r}") from None
+    if args.path == "test" and not args.data:
+        raise VqrfError(None, "--path test renders the dataset's test views: pass --data DATASET")
     model = open_model(args.model, _device(args.device))
-    downscale = model.preset.downscale if args.downscale is None else args.downscale
-    if args.path == "test":
-        scene = _load_scene(args, "test", downscale, model)
-        c2w = scene.cameras.c2w[:: args.every]
-    else:
-        scene = _load_scene(args, "train", downscale, model)
-        c2w = path_poses(scene, args.path, args.frames)
-    if size is None and args.downscale is None and model.scene.width:
-        size = (model.scene.width, model.scene.height)  # the resolution the model was trained at
-    width, height = size or (scene.cameras.width, scene.cameras.height)
-    cameras = resized(scene.cameras, c2w, width - width % 2, height - height % 2)  # H.264 (yuv420p) needs even sizes
+    cameras = _video_cameras(args, model, size)
     print(f"vqrf render: {args.path} path, {len(cameras)} frames at {cameras.width}x{cameras.height}, {args.fps} fps")
     paths = write_video(model, cameras, out, args.fps, progress=not args.quiet)
     print("\n".join(f"wrote {p}" for p in paths))
@@ -227,11 +253,13 @@ def cmd_view(args: argparse.Namespace) -> int:
     if args.max_resolution < 8:
         raise VqrfError(None, f"--max-resolution must be at least 8 pixels, got {args.max_resolution}")
     model = open_model(args.model, _device(args.device))
-    training = None
-    if args.data:
-        downscale = model.preset.downscale if args.downscale is None else args.downscale
-        training = _load_scene(args, "train", downscale, model).cameras
-    viewer = Viewer(model, Path(args.model), training, host=args.host, port=args.port,
+    if model.scene.views is None and not args.data:  # an older file still plays, from a default view
+        print(f"vqrf view: note: {args.model} stores no training cameras (written by an older vqrf); pass --data "
+              f"DATASET to show them", file=sys.stderr)
+        views = None
+    else:
+        views = _training_views(args, model, "the viewer")
+    viewer = Viewer(model, Path(args.model), views, host=args.host, port=args.port,
                     settings=ViewerSettings(max_resolution=args.max_resolution))
     busy = f" (port {args.port} was busy)" if args.port and viewer.server.get_port() != args.port else ""
     print(f"vqrf view: {args.model} at {viewer.url}{busy}  (Ctrl-C to stop)", flush=True)
@@ -296,6 +324,7 @@ def _info_compressed(path: Path) -> int:
                  "codebooks" if name.endswith(".codebook") else
                  "kept features" if name.endswith(".keep") else
                  "unpruned features" if name.endswith(".values") else
+                 "training cameras" if name.startswith("views.") else
                  "lines" if roles.get(name) == "line" else
                  "network" if name in roles else "buffers")
         groups[group] = groups.get(group, 0) + s["bytes"]
@@ -305,6 +334,9 @@ def _info_compressed(path: Path) -> int:
             ("preset", model.preset.name),
             ("grid", "x".join(map(str, model.field.grid_size))),
             ("rays", _rays_text(model.scene))]
+    views = model.scene.views
+    rows.append(("cameras", "none stored: orbits, spirals and the viewer's camera list need --data" if views is None
+                 else f"{len(views.cameras)} training views at {views.cameras.width}x{views.cameras.height}"))
     if "tiers" in stats:
         rows.append(("sites", describe_tiers(stats["tiers"])))
     _, sections = decode_container(data, path)
@@ -475,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("render", help="render a camera path to an mp4 (and a depth mp4 beside it)")
     p.add_argument("model", help="model file (.safetensors or .vqrf)")
-    dataset(p)
+    dataset(p, required=False, data_help="the dataset: for --path test, and for orbits and spirals of files written "
+                                         "before vqrf stored the training cameras")
     p.add_argument("--path", choices=("test", "orbit", "spiral"), default="orbit",
                    help="the dataset's test views; a 360-degree orbit at the cameras' radius and elevation "
                         "(Blender, NSVF, T&T); or the LLFF forward-facing spiral")
@@ -489,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("view", help="look around a model in the browser (viser): vqrf view scene.vqrf")
     p.add_argument("model", help="model file (.safetensors or .vqrf)")
-    dataset(p, required=False, data_help="the dataset, to show its training cameras (optional)")
+    dataset(p, required=False, data_help="the dataset, to show the training cameras of a file written before vqrf "
+                                         "stored them (optional)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on the network)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-resolution", type=int, default=512,

@@ -9,6 +9,8 @@ updates) are given for the preset's own iteration count and scale with ``--iters
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field as dc_field
 from typing import Any
 
@@ -122,6 +124,67 @@ class TrainConfig:
         )
 
 
+def json_excerpt(value: Any) -> str:
+    """A short, one-line description of a JSON value for an error message."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def is_json_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no integer
+
+
+def _parse(annotation: str, value: Any, where: str) -> Any:
+    """``value`` as a field annotated ``annotation`` wants it (bool, int, finite float, str, tuple of ints)."""
+    if annotation == "bool" and isinstance(value, bool):
+        return value
+    if annotation == "int" and is_json_int(value):
+        return value
+    if annotation == "str" and isinstance(value, str):
+        return value
+    if annotation == "float" and (is_json_int(value) or isinstance(value, float)):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any double
+            number = math.inf
+        if math.isfinite(number):
+            return number
+        raise ValueError(f"{where} must be a finite number, got {json_excerpt(value)}")
+    if annotation.startswith("tuple[int") and isinstance(value, (list, tuple)) and all(is_json_int(v) for v in value):
+        length = None if "..." in annotation else annotation.count("int")
+        if length is None or len(value) == length:
+            return tuple(value)
+        raise ValueError(f"{where} must be a list of {length} integers, got {len(value)}")
+    wanted = {"bool": "true or false", "int": "an integer", "str": "a string", "float": "a number"}
+    raise ValueError(f"{where} must be {wanted.get(annotation, 'a list of integers')}, got {json_excerpt(value)}")
+
+
+def from_json(cls: type, values: Any, where: str, **nested: Any) -> Any:
+    """``cls(**values, **nested)`` for a dataclass, each JSON value checked against its field's annotation.
+
+    Files are untrusted input: a missing, unknown or mistyped key is a ValueError naming it (``where``, e.g.
+    ``preset.train``), never a TypeError later in whatever uses the value. Fields whose annotation is not a JSON
+    scalar or a tuple of integers come only through ``nested``. Missing keys with defaults take them (older files).
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be an object, got {json_excerpt(values)}")
+    parsers = {f.name: f.type for f in dataclasses.fields(cls)
+               if f.type in ("bool", "int", "float", "str") or f.type.startswith("tuple[int")}
+    kwargs = dict(nested)
+    for key, value in values.items():
+        if key not in parsers:
+            raise ValueError(f"{where} has an unknown key {json_excerpt(key)}")
+        kwargs[key] = _parse(parsers[key], value, f"{where}.{key}")
+    for f in dataclasses.fields(cls):
+        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"{where}.{f.name} is missing")
+    return cls(**kwargs)
+
+
 @dataclass
 class Preset:
     """Everything a training run needs besides the data path."""
@@ -146,21 +209,25 @@ class Preset:
         return d
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "Preset":
-        def tuples(cls, values: dict[str, Any]):
-            hints = {f.name: f.type for f in dataclasses.fields(cls)}
-            return cls(**{k: tuple(v) if isinstance(v, list) and "tuple" in str(hints[k]) else v for k, v in values.items()})
-
+    def from_dict(d: Any, where: str = "preset") -> "Preset":
+        """The inverse of :meth:`to_dict`; every value is type-checked (:func:`from_json`), a bad one is a
+        ValueError naming its key."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{where} must be an object, got {json_excerpt(d)}")
         field_type = d.get("field_type", "tensorf")  # files from before DVGO hold TensoRF fields
         if field_type not in FIELD_TYPES:
-            raise ValueError(f"unknown field type {field_type!r}")
-        return Preset(
-            name=d["name"],
-            dataset=d["dataset"],
-            downscale=d["downscale"],
-            field=tuples(DVGOConfig if field_type == "dvgo" else FieldConfig, d["field"]),
-            train=tuples(TrainConfig, d["train"]),
-            coarse=Preset.from_dict(d["coarse"]) if d.get("coarse") else None,
+            raise ValueError(f"{where}.field_type must be one of {', '.join(FIELD_TYPES)}, "
+                             f"got {json_excerpt(field_type)}")
+        coarse = d.get("coarse")
+        if coarse is not None and where.endswith(".coarse"):
+            # Two stages at most (DVGO's); also keeps a hostile file's nesting from recursing deeply.
+            raise ValueError(f"{where}.coarse must be null: a coarse stage has no coarse stage of its own")
+        scalars = {k: v for k, v in d.items() if k not in ("field_type", "field", "train", "coarse")}
+        return from_json(
+            Preset, scalars, where,
+            field=from_json(DVGOConfig if field_type == "dvgo" else FieldConfig, d.get("field"), f"{where}.field"),
+            train=from_json(TrainConfig, d.get("train"), f"{where}.train"),
+            coarse=None if coarse is None else Preset.from_dict(coarse, f"{where}.coarse"),
         )
 
 

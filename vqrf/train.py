@@ -37,7 +37,9 @@ RECENT_LOGS = 5  # log points (every LOG_EVERY iterations) behind the reported t
 
 
 def scene_info(scene: Scene) -> SceneInfo:
-    return SceneInfo(scene.near, scene.far, scene.ndc, scene.white_bg, scene.ndc_focal, *scene.hw, scene.contract)
+    """What the model file records about ``scene``: its ray facts and its training cameras."""
+    return SceneInfo(scene.near, scene.far, scene.ndc, scene.white_bg, scene.ndc_focal, *scene.hw, scene.contract,
+                     scene.camera_set())
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 
 from vqrf.checkpoint import LoadedModel
 from vqrf.compress.vq import describe_tiers
-from vqrf.data.scene import Cameras
+from vqrf.data.scene import Z_UP, Cameras, CameraSet
 from vqrf.render.volume import RenderCancelled
 from vqrf.video import render_frame
 
@@ -115,7 +115,7 @@ def _default_view(model: LoadedModel) -> tuple[torch.Tensor, float]:
     if info.contract:  # a capture's cameras fill [-1, 1]^3 about the subject (vqrf.data.capture)
         centre, distance = torch.zeros(3), 1.0
     eye = centre + distance * torch.tensor([math.cos(math.radians(30)), 0.0, math.sin(math.radians(30))])
-    return look_at(eye, centre, torch.tensor([0.0, 0.0, 1.0])), math.radians(50)
+    return look_at(eye, centre, torch.tensor(Z_UP)), math.radians(50)
 
 
 class _ClientLoop(threading.Thread):
@@ -170,22 +170,24 @@ class _ClientLoop(threading.Thread):
 
 
 class Viewer:
-    """A viser server showing ``model``; ``training`` cameras, when given, appear as frustums to jump between.
+    """A viser server showing ``model``; its training cameras, when known, appear as frustums to jump between.
 
     Args:
         model: the field to show (decoded .vqrf or trained checkpoint).
         model_path: its file, for the panel.
-        training: the training cameras (optional).
+        views: the training cameras, with the scene's up direction (default: the model file's own, if it stores
+            them; files from before cameras were stored get them from their dataset).
         host, port: where to listen; port 0 picks a free one.
     """
 
-    def __init__(self, model: LoadedModel, model_path: Path, training: Cameras | None = None,
+    def __init__(self, model: LoadedModel, model_path: Path, views: CameraSet | None = None,
                  host: str = "127.0.0.1", port: int = 8080, settings: ViewerSettings | None = None) -> None:
         import viser
 
         self.model, self.model_path = model, Path(model_path)
         self.settings = settings or ViewerSettings()
-        self.training = training
+        views = views or model.scene.views
+        self.training = None if views is None else views.cameras
         self._render_lock = threading.Lock()  # one render at a time: each one already uses every core
         self._loops: dict[int, _ClientLoop] = {}
         self._listeners: list[Callable[[Frame], None]] = []
@@ -193,8 +195,11 @@ class Viewer:
         with contextlib.redirect_stdout(io.StringIO()):  # viser prints a banner; the CLI prints its own line
             self.server = viser.ViserServer(host=host, port=port, verbose=False)
         # Forward-facing (LLFF) scenes are y-up and orbit a point ahead; bounded ones are z-up about the box centre,
-        # unbounded captures about their subject (the origin of their canonical frame).
-        self._up = np.array([0.0, 1.0, 0.0] if model.scene.ndc else [0.0, 0.0, 1.0])
+        # unbounded captures about their subject (the origin of their canonical frame). The cameras know it exactly.
+        if views is not None:
+            self._up = views.up.double().cpu().numpy()
+        else:
+            self._up = np.array([0.0, 1.0, 0.0] if model.scene.ndc else Z_UP)
         if model.scene.ndc:
             self._target = torch.tensor([0.0, 0.0, -_FORWARD_FOCUS])
         elif model.scene.contract:

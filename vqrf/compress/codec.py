@@ -17,9 +17,11 @@ import torch
 
 from vqrf.checkpoint import LoadedModel, SceneInfo
 from vqrf.compress.container import decode_container, encode_container
+from vqrf.compress.header_check import check_header, check_layout, check_render
 from vqrf.compress.quantize import Int8Tensor, quantize_affine, quantize_range
 from vqrf.compress.vq import VQState, rows
 from vqrf.config import CompressConfig, Preset
+from vqrf.data.scene import CameraSet
 from vqrf.errors import VqrfError
 from vqrf.fields import Field, create_field
 from vqrf.render.occupancy import OccupancyGrid
@@ -27,7 +29,7 @@ from vqrf.render.occupancy import OccupancyGrid
 __all__ = ["FORMAT", "Precision", "encode_field", "decode_field"]
 
 FORMAT = "vqrf-field-vq"
-FIELD_VERSION = 2
+FIELD_VERSION = 3  # 3: the training cameras (header "views", sections "views.*"); 2: any field type
 # Version 1 (TensoRF only) named the non-grid sections by hand; its files still decode, through these names.
 _V1_FORMAT = "vqrf-tensorf-vq"
 PRECISIONS = ("fp16", "int8")
@@ -119,6 +121,7 @@ def encode_field(
     for name, value in field.named_buffers():
         if name != "aabb":
             sections[f"buffer.{name}"] = _np(value.float())
+    views = {} if scene.views is None else {"views": _put_views(sections, scene.views)}
     header = {
         "format": FORMAT,
         "version": FIELD_VERSION,
@@ -127,11 +130,26 @@ def encode_field(
         "aabb": field.aabb.cpu().tolist(),
         "occupancy_aabb": occupancy.aabb.cpu().tolist(),
         "preset": preset.to_dict(),
-        "scene": asdict(scene),
+        "scene": scene.header(),
         "precision": asdict(precision),
         "stats": stats or {},
+        **views,
     }
     return encode_container(header, sections)
+
+
+def _put_views(sections: dict[str, np.ndarray], views: CameraSet) -> dict[str, Any]:
+    """Store the training cameras (docs/format.md, "Training cameras"); returns the ``views`` header entry.
+
+    Poses go in as float16 [N, 3, 4], about 2 KB for 100 views: their rounding (~5e-4 relative) moves a path or a
+    jump to a training view by well under a pixel. float32 only when a pose is beyond float16's range.
+    """
+    c2w = views.cameras.c2w.detach().float().cpu()
+    sections["views.c2w"] = _np(c2w.half() if bool(torch.isfinite(c2w.half()).all()) else c2w)
+    meta = views.header()
+    if "intrinsics" not in meta:  # the views do not share one set of intrinsics
+        sections["views.intrinsics"] = _np(views.intrinsics())
+    return meta
 
 
 def _v1_names(sections: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -183,28 +201,14 @@ def decode_field(data: bytes, source: str | Path) -> LoadedModel:
     """A ``.vqrf`` file's bytes -> the model it encodes (a plain field of its type, with its occupancy grid)."""
     source = Path(source)
     header, sections = decode_container(data, source)
-    version = header.get("version")
-    if (header.get("format"), version) == (_V1_FORMAT, 1):
+    checked = check_header(header, source, {_V1_FORMAT: range(1, 2), FORMAT: range(2, FIELD_VERSION + 1)})
+    preset, scene, aabb, occupancy_aabb = checked.preset, checked.scene, checked.aabb, checked.occupancy_aabb
+    if checked.version == 1:
         sections = _v1_names(sections)
-    elif header.get("format") != FORMAT:
-        raise VqrfError(source, f"not a compressed vqrf field (format {header.get('format')!r})")
-    elif not isinstance(version, int) or version > FIELD_VERSION:
-        raise VqrfError(source, f"written by a newer vqrf (field version {version}); upgrade vqrf")
-    try:
-        preset = Preset.from_dict(header["preset"])
-        if header.get("field_type", "tensorf") != preset.field_type:
-            raise ValueError(f"field type {header.get('field_type')!r} but a {preset.field_type} preset")
-        scene = SceneInfo(**header["scene"])
-        grid = [int(v) for v in header["grid"]]
-        aabb = torch.tensor(header["aabb"], dtype=torch.float32).reshape(2, 3)
-        occupancy_aabb = torch.tensor(header["occupancy_aabb"], dtype=torch.float32).reshape(2, 3)
-        if len(grid) != 3 or min(grid) < 2 or max(grid) > 4096:
-            raise ValueError(f"grid {grid}")
-        with torch.device("meta"):  # shapes only: every parameter is overwritten below
-            field = create_field(preset.field, aabb, grid)
-        field = field.to_empty(device="cpu")
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-        raise VqrfError(source, f"inconsistent header ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    with torch.device("meta"):  # shapes only, checked before anything is allocated; every parameter is overwritten
+        field = create_field(preset.field, aabb, checked.grid)
+    check_layout(field, checked, sections, source)
+    field = field.to_empty(device="cpu")
     read = _Reader(sections, source)
     with torch.no_grad():
         field.aabb.copy_(aabb)
@@ -220,12 +224,15 @@ def decode_field(data: bytes, source: str | Path) -> LoadedModel:
             else:
                 param.copy_(read.matrix(f"param.{name}", *param.shape))
         for name, buffer in field.named_buffers():
-            if name != "aabb" and header.get("version") != 1:
+            if name != "aabb" and checked.version != 1:
                 buffer.copy_(read.get(f"buffer.{name}", "float32", tuple(buffer.shape)))
     occupancy = OccupancyGrid(cells, occupancy_aabb)
+    scene.views = _read_views(header, read, bool(scene.ndc), source)
     extra = {"compressed": {"bytes": len(data), "precision": header.get("precision", {}),
                             "stats": header.get("stats", {})}}
-    return LoadedModel(field, occupancy, preset, scene, extra)
+    model = LoadedModel(field, occupancy, preset, scene, extra)
+    check_render(model, source)
+    return model
 
 
 def _read_grid(read: _Reader, grid, source: Path) -> None:
@@ -251,3 +258,15 @@ def _read_grid(read: _Reader, grid, source: Path) -> None:
             flat[vq] = book[indices]
             flat[keep] = read.matrix(f"{prefix}.keep", int(keep.sum()), channels)
         tensor.copy_(flat.reshape(tensor.shape))
+
+
+def _read_views(header: dict[str, Any], read: _Reader, ndc: bool, source: Path) -> CameraSet | None:
+    """The stored training cameras (field version 3), or None when the file has none (versions 1 and 2)."""
+    meta = header.get("views")
+    if meta is None:
+        return None
+    stored = read.sections.get("views.c2w")
+    c2w = read.get("views.c2w", "float32" if stored is not None and stored.dtype == np.float32 else "float16",
+                   (None, 3, 4))
+    intrinsics = read.get("views.intrinsics", "float32", (None, 4)) if "views.intrinsics" in read.sections else None
+    return CameraSet.from_stored(meta, c2w, intrinsics, ndc, source)

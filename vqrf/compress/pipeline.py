@@ -221,6 +221,8 @@ def compress_scene(
     on_checkpoint: CheckpointCallback | None = None,
 ) -> CompressResult:
     """:func:`compress_model` on every training ray of ``scene``, with importance cached next to ``model_path``."""
+    if model.scene.views is None:  # a model trained before cameras were stored: the file gets the dataset's
+        model.scene.views = scene.camera_set()
     pool = RayPool(scene, model.field.aabb.device)
     start = time.perf_counter()
 

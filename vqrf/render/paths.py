@@ -1,4 +1,8 @@
-"""Camera paths for videos: a 360-degree orbit around a bounded scene, or the LLFF spiral of a forward-facing one."""
+"""Camera paths for videos: a 360-degree orbit around a bounded scene, or the LLFF spiral of a forward-facing one.
+
+Both are computed from a :class:`~vqrf.data.scene.CameraSet`, which a dataset and a self-contained model file alike
+provide, so a video comes out the same with or without the dataset.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import math
 
 import torch
 
-from vqrf.data.scene import Cameras, Scene
+from vqrf.data.scene import Z_UP, Cameras, CameraSet
 from vqrf.errors import VqrfError
 
 __all__ = ["look_at", "orbit_path", "spiral_path", "path_poses", "resized"]
@@ -22,21 +26,22 @@ def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.
     return torch.stack([right, true_up, back, eye], dim=1)
 
 
-def orbit_path(cameras: Cameras, n_frames: int) -> torch.Tensor:
-    """[n_frames, 3, 4]: an orbit about the world z axis at the cameras' mean radius and elevation, looking at the
-    origin and starting at the first camera's azimuth.
+def orbit_path(cameras: Cameras, n_frames: int, up: torch.Tensor | None = None) -> torch.Tensor:
+    """[n_frames, 3, 4]: an orbit about the world's ``up`` axis [3] (default z) at the cameras' mean radius and
+    elevation, looking at the origin and starting at the first camera's azimuth.
 
     Blender, NSVF and T&T scenes, and captures in their canonical frame, are centred at the origin with z up. Cameras
     all around go full circle; a capture that covers only an arc (its largest gap between camera azimuths over
     ``ARC_GAP_DEGREES``) sweeps that arc and back, never showing the side nobody photographed.
     """
-    positions = cameras.c2w[:, :, 3]
+    up = torch.tensor(Z_UP) if up is None else up.float().cpu()
+    east, north = _horizontal_axes(up)
+    positions = cameras.c2w[:, :, 3].float().cpu()
     radius = float(positions.norm(dim=-1).mean())
-    elevation = float(torch.asin((positions[:, 2] / positions.norm(dim=-1)).clamp(-1, 1)).mean())
-    azimuths = torch.atan2(positions[:, 1], positions[:, 0]).double()
+    elevation = float(torch.asin((positions @ up / positions.norm(dim=-1)).clamp(-1, 1)).mean())
+    azimuths = torch.atan2(positions @ north, positions @ east).double()
     start = float(azimuths[0])
     lo, span = _covered_arc(azimuths)
-    up = torch.tensor([0.0, 0.0, 1.0])
     out = []
     for k in range(n_frames):
         phase = 2 * math.pi * k / n_frames
@@ -45,10 +50,19 @@ def orbit_path(cameras: Cameras, n_frames: int) -> torch.Tensor:
         else:  # back and forth over [lo, lo + span], starting at the first camera
             offset = math.acos(max(-1.0, min(1.0, 1 - 2 * ((start - lo) % (2 * math.pi)) / span)))
             angle = lo + span * 0.5 * (1 - math.cos(phase + offset))
-        eye = radius * torch.tensor([math.cos(elevation) * math.cos(angle), math.cos(elevation) * math.sin(angle),
-                                     math.sin(elevation)])
+        eye = radius * (math.cos(elevation) * (math.cos(angle) * east + math.sin(angle) * north)
+                        + math.sin(elevation) * up)
         out.append(look_at(eye, torch.zeros(3), up))
     return torch.stack(out)
+
+
+def _horizontal_axes(up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two unit vectors [3] that span the plane normal to the unit vector ``up``, right-handed with it: x and y for
+    z up, so azimuths keep their usual meaning there."""
+    seed = torch.tensor([1.0, 0.0, 0.0]) if abs(float(up[0])) < 0.9 else torch.tensor([0.0, 1.0, 0.0])
+    east = seed - (seed @ up) * up
+    east = east / east.norm()
+    return east, torch.linalg.cross(up, east)
 
 
 ARC_GAP_DEGREES = 60.0
@@ -66,14 +80,13 @@ def _covered_arc(azimuths: torch.Tensor) -> tuple[float, float | None]:
     return start, 2 * math.pi - float(gaps[widest])
 
 
-def spiral_path(cameras: Cameras, depth_bounds: tuple[float, float], n_frames: int, rotations: float = 2.0,
-                z_rate: float = 0.5) -> torch.Tensor:
+def spiral_path(cameras: Cameras, depth_bounds: tuple[float, float], up: torch.Tensor, n_frames: int,
+                rotations: float = 2.0, z_rate: float = 0.5) -> torch.Tensor:
     """[n_frames, 3, 4]: the LLFF spiral in front of forward-facing cameras (already recentred, so their mean pose is
-    the identity), looking at a focus depth between the nearest and farthest content, as in the LLFF/NeRF code."""
-    positions = cameras.c2w[:, :, 3]
+    the identity), looking at a focus depth between the nearest and farthest content, as in the LLFF/NeRF code;
+    ``up`` [3] is the cameras' mean up axis (:meth:`~vqrf.data.scene.Scene.camera_set`)."""
+    positions = cameras.c2w[:, :, 3].float().cpu()
     radii = positions.abs().quantile(0.9, dim=0)
-    up = cameras.c2w[:, :, 1].mean(0)
-    up = up / up.norm()
     close, far = 0.9 * depth_bounds[0], 5.0 * depth_bounds[1]
     focus = 1.0 / (0.25 / close + 0.75 / far)  # weighted towards the near content
     centre = positions.mean(0)
@@ -86,17 +99,17 @@ def spiral_path(cameras: Cameras, depth_bounds: tuple[float, float], n_frames: i
     return torch.stack(out)
 
 
-def path_poses(scene: Scene, kind: str, n_frames: int) -> torch.Tensor:
-    """[n_frames, 3, 4] along ``kind`` ("orbit" or "spiral") for the training cameras of ``scene``; a path that does
-    not suit the scene is refused."""
+def path_poses(views: CameraSet, kind: str, n_frames: int) -> torch.Tensor:
+    """[n_frames, 3, 4] along ``kind`` ("orbit" or "spiral") for the training cameras ``views`` (a dataset's or a
+    model file's); a path that does not suit the scene is refused."""
     if kind == "orbit":
-        if scene.ndc:
-            raise VqrfError(scene.root, "an orbit needs a bounded (360-degree) scene; forward-facing scenes get "
-                                        "--path spiral")
-        return orbit_path(scene.cameras, n_frames)
-    if scene.depth_bounds is None:
-        raise VqrfError(scene.root, "a spiral needs a forward-facing (LLFF) scene; bounded scenes get --path orbit")
-    return spiral_path(scene.cameras, scene.depth_bounds, n_frames)
+        if views.ndc:
+            raise VqrfError(views.source, "an orbit needs a bounded (360-degree) scene; forward-facing scenes get "
+                                          "--path spiral")
+        return orbit_path(views.cameras, n_frames, views.up)
+    if views.depth_bounds is None:
+        raise VqrfError(views.source, "a spiral needs a forward-facing (LLFF) scene; bounded scenes get --path orbit")
+    return spiral_path(views.cameras, views.depth_bounds, views.up, n_frames)
 
 
 def resized(cameras: Cameras, c2w: torch.Tensor, width: int | None = None, height: int | None = None) -> Cameras:
