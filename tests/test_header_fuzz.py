@@ -130,6 +130,11 @@ def test_bad_header_values_are_one_line_errors(bases, base, path, value, match):
     refused(edited(bases[base], path, value), match)
 
 
+def test_version_1_holds_tensorf_only(bases):
+    """Version 1 (TensoRF's first format) stored no buffers, so a DVGO field under it would keep uninitialised ones."""
+    refused(edited(edited(bases["dvgo"], "format", "vqrf-tensorf-vq"), "version", 1), "TensoRF fields only")
+
+
 def test_older_and_default_values_still_decode(bases):
     """Field version 2 (no cameras) and keys that older writers left out (their defaults apply)."""
     for data in (edited(bases["tensorf"], "version", 2), edited(bases["tensorf"], "scene.contract", DELETE),

@@ -252,6 +252,8 @@ def cmd_view(args: argparse.Namespace) -> int:
         raise VqrfError(None, f"--port must be between 0 and 65535, got {args.port}")
     if args.max_resolution < 8:
         raise VqrfError(None, f"--max-resolution must be at least 8 pixels, got {args.max_resolution}")
+    if args.web:
+        return _view_in_browser(args)
     model = open_model(args.model, _device(args.device))
     if model.scene.views is None and not args.data:  # an older file still plays, from a default view
         print(f"vqrf view: note: {args.model} stores no training cameras (written by an older vqrf); pass --data "
@@ -268,6 +270,35 @@ def cmd_view(args: argparse.Namespace) -> int:
             time.sleep(3600)
     finally:
         viewer.close()
+
+
+def _view_in_browser(args: argparse.Namespace) -> int:
+    """``vqrf view --web``: the page ``vqrf export-web`` writes, served from a temporary folder; the browser decodes
+    and renders the file itself."""
+    import tempfile
+
+    from vqrf.web import SiteServer, export_site
+
+    with tempfile.TemporaryDirectory(prefix="vqrf-web-") as tmp:
+        site = export_site(Path(args.model), Path(tmp) / "site")
+        server = SiteServer(site, args.host, args.port)
+        print(f"vqrf view: {args.model} at {server.url} (decoded and rendered in the browser; Ctrl-C to stop)",
+              flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            server.close()
+
+
+def cmd_export_web(args: argparse.Namespace) -> int:
+    from vqrf.web import export_site
+
+    site = export_site(Path(args.model), Path(args.out), args.force)
+    size = sum(f.stat().st_size for f in site.iterdir())
+    print(f"vqrf export-web: {site}/ ({size / 1e6:.2f} MB with the page); serve it with any static file server, "
+          f"e.g. python -m http.server -d {site}")
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -529,7 +560,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-resolution", type=int, default=512,
                    help="long side of a still frame in pixels (default 512; previews while moving are smaller)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default: cuda when available)")
+    p.add_argument("--web", action="store_true",
+                   help="serve the browser player instead (a .vqrf, decoded and rendered on the browser's own GPU)")
     p.set_defaults(run=cmd_view)
+
+    p = verbs.add_parser("export-web", help="write a static site that plays a .vqrf in any browser: "
+                                            "vqrf export-web scene.vqrf -o site/")
+    p.add_argument("model", help="compressed file (.vqrf)")
+    p.add_argument("-o", "--out", required=True, help="site folder to write (index.html, scripts, scene.vqrf)")
+    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.set_defaults(run=cmd_export_web)
 
     p = verbs.add_parser("info", help="describe a model file (sections, tiers, codebooks of a .vqrf)")
     p.add_argument("model", help="model file (.safetensors or .vqrf)")

@@ -74,6 +74,8 @@ def check_header(header: dict[str, Any], source: Path, versions: dict[str, range
         field_type = header.get("field_type", "tensorf")  # version 1 had TensoRF only, and no such key
         if field_type != preset.field_type:
             raise ValueError(f"field_type {json_excerpt(field_type)} but a {preset.field_type} preset")
+        if version == 1 and field_type != "tensorf":  # version 1 stored no buffers: DVGO's would stay unset
+            raise ValueError(f"field version 1 holds TensoRF fields only, not {json_excerpt(field_type)}")
         _check_preset(preset)
         values = FieldHeader(version, preset, _scene(header.get("scene")), _grid(header.get("grid")),
                              _box("aabb", header.get("aabb")), _box("occupancy_aabb", header.get("occupancy_aabb")))

@@ -64,6 +64,19 @@ export class VqrfError extends Error {
   }
 }
 
+/** Per object or array of a parsed table, the keys whose numbers were written with a fraction or an exponent. */
+const FLOAT_LITERALS = new WeakMap();
+
+/**
+ * Whether `holder[key]`, a number in a header that `decodeContainer` returned, was written as `2.0` or `1e3`
+ * rather than `2`: JSON.parse gives both as 2, Python's reader a float and an int, and the header checks
+ * (header_check.js) refuse a float where an integer belongs, as Python does.
+ * @param {Object|Array} holder @param {string|number} key @returns {boolean}
+ */
+export function writtenAsFloat(holder, key) {
+  return FLOAT_LITERALS.get(holder)?.has(String(key)) ?? false;
+}
+
 /** A check that failed inside a table row or a payload; the caller adds which one. */
 class Bad extends Error {}
 
@@ -243,7 +256,7 @@ function checkStart(data, fail) {
  *   hold such numbers
  */
 function parseJson(bytes, fail) {
-  const floats = new WeakMap();
+  const floats = FLOAT_LITERALS;
   const reviver = function (key, value, context) {
     if (typeof value === "number" && context && typeof context.source === "string"
       && !/^-?\d+$/.test(context.source)) {
