@@ -102,10 +102,10 @@ def _lego_psnr(lego_dir, out, preset) -> float:
 
 @pytest.mark.slow
 def test_forced_torch_path_trains_compresses_evaluates_and_renders_lego(lego_dir, tmp_path, monkeypatch, capsys):
-    """Lego at 100x100 for 300 iterations: the PyTorch path lands within 0.2 dB of the numba path (two implementations
-    whose rounding differs, through 300 steps that amplify it: 0.11 dB has been seen), and its model goes through
+    """Lego at 100x100 for 200 iterations: the PyTorch path lands within 0.2 dB of the numba path (two implementations
+    whose rounding differs, through steps that amplify it: 0.11 dB has been seen), and its model goes through
     ``vqrf compress``, ``vqrf eval`` and ``vqrf render`` on the same path."""
-    preset = preset_with("cpu", iters=300, grid_final=64, batch_rays=2048)
+    preset = preset_with("cpu", iters=200, grid_final=64, batch_rays=1024)
     numba_psnr = _lego_psnr(lego_dir, tmp_path / "numba", preset)
 
     _force_torch_kernels(monkeypatch)
