@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ def main() -> None:
         server = SiteServer(site)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 800, "height": 600})
+            page = browser.new_page(viewport={"width": 400, "height": 300})
             start = time.perf_counter()
             page.goto(server.url)
             page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)", timeout=600_000)
@@ -106,12 +107,13 @@ def main() -> None:
         "screenshot": "docs/web_player.png",
     }
     path = write_result(args.name, summary)
+    command_args = "".join(f" {a}" for a in sys.argv[1:])
     add_doc_row(
         "Browser player (headless Chromium, software WebGL2)",
         "| date | machine | command | file | page code | JS decode | first frame | frame 128² | frame 256² |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| {time.strftime('%Y-%m-%d')} | 2-core CPU, {renderer or 'WebGL2'} | `{path.name}`: "
-        f"`python benchmarks/web_player.py` | {summary['file_bytes']:,} B | {code_bytes:,} B | "
+        f"`python benchmarks/web_player.py{command_args}` | {summary['file_bytes']:,} B | {code_bytes:,} B | "
         f"{summary['decode_ms']:.0f} ms | {first_frame_s:.1f} s | {frame_ms[128]:.0f} ms | {frame_ms[256]:.0f} ms |",
     )
     print(summary)
