@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,19 +25,10 @@ from vqrf.render.paths import look_at
 from vqrf.render.rays import camera_rays
 from vqrf.video import render_frame
 from vqrf.viewer import Frame, Viewer, ViewerSettings, c2w_from_viser, view_camera, viser_from_c2w
+from browser import chromium_path  # noqa: E402
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def chromium_path() -> str:
-    """Debian's Chromium (`.ci/run` installs it); required in CI, skipped on a user's clone without it."""
-    path = os.environ.get("VQRF_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("headless Chromium is missing in CI (apt-get install chromium)")
-        pytest.skip("no chromium on PATH (apt-get install chromium, or set VQRF_CHROMIUM)")
-    return path
 
 
 def test_viser_pose_round_trip_and_axes():

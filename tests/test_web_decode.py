@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -26,6 +24,7 @@ import vqrf
 from vqrf.compress.container import (DTYPES, MAGIC, CODERS, applicable_coders, decode_container, encode_container,
                                      section_sizes)
 from vqrf.errors import VqrfError
+from browser import chromium_path  # noqa: E402
 
 WEB = Path(vqrf.__file__).parent / "web"
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,16 +87,6 @@ self.onmessage = async ({ data: { url } }) => {
   }
 };
 """
-
-
-def chromium_path() -> str:
-    """Debian's Chromium (`.ci/run` installs it); required in CI, skipped on a user's clone without it."""
-    path = os.environ.get("VQRF_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("headless Chromium is missing in CI (apt-get install chromium)")
-        pytest.skip("no chromium on PATH (apt-get install chromium, or set VQRF_CHROMIUM)")
-    return path
 
 
 class DecoderPage:

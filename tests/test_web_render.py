@@ -14,7 +14,6 @@ import base64
 import dataclasses
 import io
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -34,22 +33,13 @@ from vqrf.render.paths import look_at
 from vqrf.train import train
 from vqrf.video import render_frame
 from vqrf.web import PAGE_FILES, WEB_DIR, SiteServer
+from browser import chromium_path  # noqa: E402
 
 SIZE = 128
 MIN_PSNR = 35.0
 # Software WebGL2 (SwiftShader through ANGLE): no GPU is needed, and none is used when there is one.
 CHROMIUM_FLAGS = ["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--disable-quic",
                   "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def chromium_path() -> str:
-    """Debian's Chromium (CI installs it); required in CI, skipped on a user's clone without it."""
-    path = os.environ.get("VQRF_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("headless Chromium is missing in CI (apt-get install chromium)")
-        pytest.skip("no chromium on PATH (apt-get install chromium, or set VQRF_CHROMIUM)")
-    return path
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
