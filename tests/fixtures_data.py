@@ -95,3 +95,21 @@ def write_json(path: Path, data: object) -> None:
 def write_png(path: Path, size: tuple[int, int], mode: str = "RGB") -> None:
     """A plain grey image of ``size`` (W, H)."""
     Image.new(mode, size, (128,) * len(mode)).save(path)
+
+
+def version_1_sections(sections: dict) -> dict:
+    """A TensoRF file's sections under the names field version 1 gave them (it stored no cameras)."""
+    old_names = {"param.basis.weight": "basis"}
+    for i in range(3):
+        for kind in ("density", "app"):
+            old_names[f"param.{kind}_lines.{i}"] = f"line{i}.{kind}"
+        old_names[f"param.mlp.{2 * i}.weight"] = f"mlp{i}.weight"
+        old_names[f"param.mlp.{2 * i}.bias"] = f"mlp{i}.bias"
+    v1_sections = {}
+    for name, arr in sections.items():
+        stem, _, suffix = name.rpartition(".")
+        if suffix in ("scale", "offset") and stem in old_names:
+            v1_sections[f"{old_names[stem]}.{suffix}"] = arr
+        elif not name.startswith("views."):
+            v1_sections[old_names.get(name, name)] = arr
+    return v1_sections

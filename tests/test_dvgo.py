@@ -28,6 +28,7 @@ from vqrf.fields import DVGO, TensorVM
 from vqrf.fields.grid_kernel import grid_features_torch
 from vqrf.step import RayPool
 from vqrf.train import coarse_start, train
+from fixtures_data import version_1_sections  # noqa: E402
 
 BOX = torch.tensor([[-1.0, -0.8, -0.6], [1.0, 0.8, 0.6]])
 
@@ -295,19 +296,7 @@ def test_version_1_tensorf_files_still_decode():
     preset, scene = Preset("syn", "blender"), SceneInfo(2.0, 6.0, False, True)
     v2 = decode_field(encode_field(field, state, occupancy, preset, scene), "v2")
     header, sections = decode_container(encode_field(field, state, occupancy, preset, scene), "x")
-    old_names = {"param.basis.weight": "basis"}
-    for i in range(3):
-        for kind in ("density", "app"):
-            old_names[f"param.{kind}_lines.{i}"] = f"line{i}.{kind}"
-        old_names[f"param.mlp.{2 * i}.weight"] = f"mlp{i}.weight"
-        old_names[f"param.mlp.{2 * i}.bias"] = f"mlp{i}.bias"
-    v1_sections = {}
-    for name, arr in sections.items():
-        stem, _, suffix = name.rpartition(".")
-        if suffix in ("scale", "offset") and stem in old_names:
-            v1_sections[f"{old_names[stem]}.{suffix}"] = arr
-        else:
-            v1_sections[old_names.get(name, name)] = arr
+    v1_sections = version_1_sections(sections)
     header = {k: v for k, v in header.items() if k != "field_type"}
     header.update(format="vqrf-tensorf-vq", version=1)
     header["preset"] = {k: v for k, v in header["preset"].items() if k not in ("field_type", "coarse")}

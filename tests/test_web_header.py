@@ -32,6 +32,7 @@ import fuzz_header  # noqa: E402  (the header fuzz benchmark's base files and mu
 from fuzz_container import split  # noqa: E402
 from test_header_fuzz import BAD_VALUES, DELETE, edited  # noqa: E402
 from test_web_decode import CHROMIUM_FLAGS, chromium_path  # noqa: E402
+from fixtures_data import version_1_sections  # noqa: E402
 
 WEB = Path(vqrf.__file__).parent / "web"
 ORIGIN = "http://127.0.0.1:8766"  # never contacted: the route below answers every request
@@ -311,19 +312,7 @@ def test_cameras_and_the_samples_per_ray(browser, bases):
 def test_version_1_files(browser, bases):
     """Version-1 files (TensoRF only, some sections named differently) are read under their version-2 names."""
     header, sections = decode_container(bases["tensorf"], SRC)
-    old_names = {"param.basis.weight": "basis"}
-    for i in range(3):
-        for kind in ("density", "app"):
-            old_names[f"param.{kind}_lines.{i}"] = f"line{i}.{kind}"
-        old_names[f"param.mlp.{2 * i}.weight"] = f"mlp{i}.weight"
-        old_names[f"param.mlp.{2 * i}.bias"] = f"mlp{i}.bias"
-    v1_sections = {}
-    for name, arr in sections.items():
-        stem, _, suffix = name.rpartition(".")
-        if suffix in ("scale", "offset") and stem in old_names:
-            v1_sections[f"{old_names[stem]}.{suffix}"] = arr
-        elif not name.startswith("views."):
-            v1_sections[old_names.get(name, name)] = arr
+    v1_sections = version_1_sections(sections)
     v1 = {k: v for k, v in header.items() if k not in ("field_type", "views")}
     v1.update(format="vqrf-tensorf-vq", version=1)
     v1["preset"] = {k: v for k, v in header["preset"].items() if k not in ("field_type", "coarse")}
