@@ -50,6 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--file", default=str(ROOT / "benchmarks" / "out" / "lego_cpu_compress" / "lego.vqrf"))
     ap.add_argument("--frames", type=int, default=5, help="frames timed per size (the median is reported)")
+    ap.add_argument("--viewport", default="640x480", help="page size WxH (the screenshot's; frames are timed apart)")
     ap.add_argument("--name", default="web_player")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
@@ -67,7 +68,8 @@ def main() -> None:
         server = SiteServer(site)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 400, "height": 300})
+            width, height = (int(v) for v in args.viewport.split("x"))
+            page = browser.new_page(viewport={"width": width, "height": height})
             start = time.perf_counter()
             page.goto(server.url)
             page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)", timeout=600_000)

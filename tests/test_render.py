@@ -119,3 +119,33 @@ def test_shrink_then_upsample_keeps_the_field(grid):
     field.upsample([2 * n for n in field.grid_size])
     # Bilinear upsampling of a bilinear field is not exact, but close on a smooth random field.
     assert (field.density(points).detach() - before).abs().mean() < 0.05 * before.abs().mean()
+
+
+@torch.no_grad()
+def test_ndc_depth_steps_step_half_a_voxel_in_depth_and_render_alike():
+    # An NDC box as LLFF's and a uniform field.
+    aabb = torch.tensor([[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]])
+    field = TensorVM(aabb, [30, 34, 20], dataclasses.replace(FieldConfig(), density_act="relu"))
+    with torch.no_grad():
+        for tensor in [*field.density_planes, *field.density_lines]:
+            tensor.fill_(0.03)  # optical depth about 2 across the box: acc about 0.9, not saturated
+    diagonal = RenderSettings.for_field(field, 0.0, 1.0, True, True)
+    depth = RenderSettings.for_field(field, 0.0, 1.0, True, True, ndc_depth_steps=True)
+    voxel_z = float(field.voxel_size()[2])
+    assert depth.max_samples == int(2.0 / (0.5 * voxel_z)) + 1  # 38 steps of half a z-voxel
+    assert diagonal.max_samples > 2 * depth.max_samples  # the reference's count oversamples depth
+    # NDC rays start on z = -1 and reach z = 1 at t = 1 (vqrf.render.rays.ndc_rays).
+    g = torch.Generator().manual_seed(3)
+    origins = torch.cat([torch.rand(64, 2, generator=g) - 0.5, -torch.ones(64, 1)], dim=1)
+    directions = torch.cat([0.2 * (torch.rand(64, 2, generator=g) - 0.5), 2 * torch.ones(64, 1)], dim=1)
+    full = OccupancyGrid.full(field.aabb)
+    xyz, _, ray_ids, _ = march(origins, directions, *ray_box(origins, directions, aabb, 0.0, 1.0),
+                               1.0 / depth.max_samples, torch.zeros(64), full, depth.max_samples)
+    dz = xyz[1:, 2] - xyz[:-1, 2]
+    same_ray = ray_ids[1:] == ray_ids[:-1]
+    assert torch.allclose(dz[same_ray], torch.full_like(dz[same_ray], 2.0 / depth.max_samples), atol=1e-5)
+    # Density is integrated step by step, so fewer steps change the image little.
+    a = render_rays(field, full, origins, directions, dataclasses.replace(diagonal, weight_thres=0.0))
+    b = render_rays(field, full, origins, directions, dataclasses.replace(depth, weight_thres=0.0))
+    assert (a["acc"] - b["acc"]).abs().max() < 0.02
+    assert (a["rgb"] - b["rgb"]).abs().max() < 0.02

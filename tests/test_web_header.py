@@ -67,7 +67,7 @@ window.verdicts = async (files, source) => {
   }
   return out;
 };
-window.marchSteps = (cases) => cases.map(([aabb, grid, ratio]) => headerCheck.marchSteps(aabb, grid, ratio));
+window.marchSteps = (cases) => cases.map(([aabb, grid, ratio, span]) => headerCheck.marchSteps(aabb, grid, ratio, span));
 window.constants = () => JSON.parse(JSON.stringify({ SCHEMAS: headerCheck.SCHEMAS, LIMITS: headerCheck.LIMITS,
   FIELD_VERSION: headerCheck.FIELD_VERSION, FORMATS: headerCheck.FORMATS }));
 window.pageReady = true;
@@ -206,8 +206,11 @@ def test_step_and_samples_per_ray_are_the_decoders_to_the_bit(browser):
         lo = rng.uniform(-1e3, 1e3, 3)
         aabb = torch.tensor(np.stack([lo, lo + 10 ** rng.uniform(-4, 4, 3)]), dtype=torch.float32)
         grid, ratio = rng.integers(2, 4097, 3).tolist(), float(10 ** rng.uniform(-2, 1.8))
-        settings = RenderSettings.for_field(Box(aabb, grid), 0.0, 1.0, False, True, ratio)
-        cases.append([aabb.flatten().tolist(), grid, ratio])
+        near, far = sorted(rng.uniform(0, 1, 2).tolist())
+        depth_steps = bool(rng.integers(2))  # NDC with ndc_depth_steps: z-voxel steps over [near, far]
+        settings = RenderSettings.for_field(Box(aabb, grid), near, far, depth_steps, True, ratio,
+                                            ndc_depth_steps=depth_steps)
+        cases.append([aabb.flatten().tolist(), grid, ratio, far - near if depth_steps else None])
         expected.append({"step": settings.step, "diagonal": float((aabb[1] - aabb[0]).norm()),
                          "maxSamples": settings.max_samples})
     got = browser.page.evaluate("(cases) => window.marchSteps(cases)", cases)

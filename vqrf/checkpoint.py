@@ -69,7 +69,8 @@ class LoadedModel:
     def render_settings(self) -> RenderSettings:
         t = self.preset.train
         return RenderSettings.for_field(self.field, self.scene.near, self.scene.far, self.scene.ndc,
-                                        self.scene.white_bg, t.step_ratio, t.weight_thres, self.scene.contract)
+                                        self.scene.white_bg, t.step_ratio, t.weight_thres, self.scene.contract,
+                                        t.ndc_depth_steps)
 
 
 def atomic_write(path: Path, write) -> None:

@@ -100,6 +100,9 @@ class TrainConfig:
     """After a coarse stage, this stage's box is the coarse geometry's box scaled by this about its centre."""
     step_ratio: float = 0.5
     """Sample spacing in voxels."""
+    ndc_depth_steps: bool = False
+    """NDC rays (which run along z, from z = -1 to 1) step ``step_ratio`` z-voxels at a time. False: the box diagonal
+    over the mean-voxel step sets their sample count, as the reference does, which oversamples z 2.5x on LLFF."""
     alpha_mask_thres: float = 1e-4
     weight_thres: float = 1e-4
     """Colour is evaluated only at samples whose rendering weight exceeds this."""
@@ -262,6 +265,17 @@ def _llff() -> Preset:
     )
 
 
+def _llff_cpu() -> Preset:
+    # Forward-facing scenes at images_8 on 2 cores: the llff architecture on a CPU-sized grid, NDC rays that step
+    # half a voxel in depth (the reference's count oversamples z 2.5x), colour only above weight 1e-3, a bf16 MLP.
+    preset = _llff()
+    preset.name, preset.downscale = "llff-cpu", 8.0
+    preset.field.bf16_mlp = True
+    preset.train = dataclasses.replace(preset.train.scaled_to(2000), n_voxel_init=64**3, n_voxel_final=128**3,
+                                       weight_thres=1e-3, ndc_depth_steps=True, checkpoint_every=500)
+    return preset
+
+
 def _cpu() -> Preset:
     # NeRF-Synthetic at 200x200 on 2 cores: a coarse start, early occupancy masks so empty space is skipped from the
     # first few hundred iterations on, and a final grid matched to the image resolution.
@@ -391,8 +405,8 @@ def _dvgo_cpu() -> Preset:
 
 
 PRESETS = {
-    "tensorf": {"syn": _syn, "nsvf": _nsvf, "tt": _tt, "llff": _llff, "cpu": _cpu, "custom": _custom,
-                "custom-cpu": _custom_cpu},
+    "tensorf": {"syn": _syn, "nsvf": _nsvf, "tt": _tt, "llff": _llff, "llff-cpu": _llff_cpu, "cpu": _cpu,
+                "custom": _custom, "custom-cpu": _custom_cpu},
     "dvgo": {"syn": lambda: _dvgo("syn", "blender"), "nsvf": lambda: _dvgo("nsvf", "nsvf"),
              "tt": lambda: _dvgo("tt", "tt"), "cpu": _dvgo_cpu},
 }

@@ -151,7 +151,7 @@ class _Trainer:
     def settings(self) -> RenderSettings:
         return RenderSettings.for_field(self.field, self.scene.near, self.scene.far, self.scene.ndc,
                                         self.scene.white_bg, self.cfg.step_ratio, self.cfg.weight_thres,
-                                        self.scene.contract)
+                                        self.scene.contract, self.cfg.ndc_depth_steps)
 
     def loss_weights(self) -> LossWeights:
         return LossWeights(self.l1_weight, self.cfg.tv_density * self.tv_factor, self.cfg.tv_app * self.tv_factor,

@@ -37,10 +37,16 @@ class RenderSettings:
 
     @staticmethod
     def for_field(field: Field, near: float, far: float, ndc: bool, white_bg: bool, step_ratio: float = 0.5,
-                  weight_thres: float = 1e-4, contract: bool = False) -> "RenderSettings":
+                  weight_thres: float = 1e-4, contract: bool = False,
+                  ndc_depth_steps: bool = False) -> "RenderSettings":
+        """Settings for ``field``; ``ndc_depth_steps``: see :attr:`vqrf.config.TrainConfig.ndc_depth_steps`."""
         step = field.step_size(step_ratio)
-        diagonal = float((field.aabb[1] - field.aabb[0]).norm())
-        return RenderSettings(step, int(diagonal / step) + 1, near, far, ndc, white_bg, weight_thres, contract)
+        if ndc and ndc_depth_steps:
+            # An NDC ray's z grows by 2 per unit t (vqrf.render.rays.ndc_rays): a step of step_ratio z-voxels.
+            samples = int(2.0 * (far - near) / (float(field.voxel_size()[2]) * step_ratio)) + 1
+        else:
+            samples = int(float((field.aabb[1] - field.aabb[0]).norm()) / step) + 1
+        return RenderSettings(step, samples, near, far, ndc, white_bg, weight_thres, contract)
 
     def span(self, field: Field, origins: torch.Tensor, directions: torch.Tensor):
         """:func:`vqrf.render.march.ray_span` of rays [R, 3] through ``field`` under these settings."""

@@ -64,7 +64,7 @@ export const SCHEMAS = Object.freeze({
     lr_decay_ratio: ["float", 0.1], l1_init: ["float", 8e-5], l1_rest: ["float", 4e-5], tv_density: ["float", 0.0],
     tv_app: ["float", 0.0], entropy_last: ["float", 0.0], rgbper: ["float", 0.0], skip_zero_grad: ["bool", false],
     pervoxel_lr: ["bool", false], masks_shrink_only: ["bool", false], box_margin: ["float", 1.05],
-    step_ratio: ["float", 0.5], alpha_mask_thres: ["float", 1e-4], weight_thres: ["float", 1e-4],
+    step_ratio: ["float", 0.5], ndc_depth_steps: ["bool", false], alpha_mask_thres: ["float", 1e-4], weight_thres: ["float", 1e-4],
     checkpoint_every: ["int", 1000], seed: ["int", 0],
   }),
   scene: schema({
@@ -623,8 +623,9 @@ function checkRender(values, sections, fail) {
   if (!(distanceScale > 0 && distanceScale <= MAX_DISTANCE_SCALE)) {
     throw fail(`inconsistent header (distance scale ${distanceScale} is outside (0, ${MAX_DISTANCE_SCALE}])`);
   }
-  const stepRatio = values.preset.train.step_ratio;
-  const { step, maxSamples } = marchSteps(values.aabb, values.grid, stepRatio);
+  const { step_ratio: stepRatio, ndc_depth_steps: depthSteps } = values.preset.train;
+  const { near, far, ndc } = values.scene;
+  const { step, maxSamples } = marchSteps(values.aabb, values.grid, stepRatio, ndc && depthSteps ? far - near : null);
   if (maxSamples > MAX_SAMPLES_PER_RAY) {
     throw fail(`inconsistent header (preset.train.step_ratio ${stepRatio} gives ${maxSamples.toLocaleString("en-US")}`
       + ` samples across the box, more than ${MAX_SAMPLES_PER_RAY.toLocaleString("en-US")})`);
@@ -635,11 +636,13 @@ function checkRender(values, sections, fail) {
 /**
  * The ray-marching step (`step_ratio` times the mean voxel size) and the samples a ray takes across the box
  * (`diagonal / step + 1`, truncated), in float32 as Python's RenderSettings.for_field computes them with torch, so
- * that a box at the cap gets the same verdict.
+ * that a box at the cap gets the same verdict. With `ndcDepthSpan` (far - near of a scene in NDC whose preset has
+ * `ndc_depth_steps`) the samples are `2 * ndcDepthSpan / (step_ratio * z-voxel) + 1` instead.
  * @param {ArrayLike<number>} aabb [xmin, ymin, zmin, xmax, ymax, zmax] @param {number[]} grid grid points per axis
- * @param {number} stepRatio @returns {{step: number, diagonal: number, maxSamples: number}}
+ * @param {number} stepRatio @param {number | null} [ndcDepthSpan]
+ * @returns {{step: number, diagonal: number, maxSamples: number}}
  */
-export function marchSteps(aabb, grid, stepRatio) {
+export function marchSteps(aabb, grid, stepRatio, ndcDepthSpan = null) {
   const f = Math.fround;
   const extent = [0, 1, 2].map((i) => f(f(aabb[3 + i]) - f(aabb[i])));
   const voxel = extent.map((e, i) => f(e / (grid[i] - 1)));
@@ -649,7 +652,8 @@ export function marchSteps(aabb, grid, stepRatio) {
   let squares = 0;
   for (const e of extent) squares = f(e * e + squares);
   const diagonal = f(Math.sqrt(squares));
-  return { step, diagonal, maxSamples: Math.trunc(diagonal / step) + 1 };
+  const samples = ndcDepthSpan === null ? diagonal / step : (2 * ndcDepthSpan) / (voxel[2] * stepRatio);
+  return { step, diagonal, maxSamples: Math.trunc(samples) + 1 };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
