@@ -3,7 +3,7 @@
 ``--preset llff-cpu`` (the default) trains the CPU preset as a user would (``vqrf train --preset llff-cpu``);
 ``--preset llff`` is the reference recipe scaled as the first fern rows were (bf16 MLP, weight threshold 1e-3,
 ``--iters``, grid ``--grid-init`` -> ``--grid-final``). Also counts the samples per ray on the held-out views (density
-queries and shaded samples). Writes ``benchmarks/results/<name>.json``, the held-out renders as PNGs, and a row in
+queries and shaded samples) and times a held-out 504x378 frame as the viewer renders it. Writes ``benchmarks/results/<name>.json``, the held-out renders as PNGs, and a row in
 docs/benchmarks.md.
 
     python benchmarks/fern_llff.py [--preset llff-cpu] [--iters N] [--grid-init N] [--grid-final N] [--name NAME]
@@ -27,6 +27,7 @@ from vqrf.data.scene import Scene
 from vqrf.evaluate import evaluate
 from vqrf.render.volume import sample_weights
 from vqrf.train import train
+from vqrf.video import render_frame
 
 
 @torch.no_grad()
@@ -70,6 +71,9 @@ def main() -> None:
     model = load_model(out / "model.safetensors")
     metrics = evaluate(model, test, out_dir=out, progress=sys.stderr.isatty())
     queried, shaded = samples_per_ray(model, test)
+    start = time.perf_counter()  # what `vqrf view` does for a sharp frame: render_frame at the camera's size
+    render_frame(model, test.cameras, 0)
+    viewer_frame_s = time.perf_counter() - start
     t = preset.train
     summary = {
         "protocol": "LLFF fern, images_8 (504x378), train on 17 views, test on held-out views 0, 8, 16 (NDC)",
@@ -83,6 +87,8 @@ def main() -> None:
         "train_seconds": result.seconds,
         "seconds_per_iter": result.seconds / result.iters,
         "render_rays_per_s": metrics["render_rays_per_s"],
+        "viewer_frame_s": viewer_frame_s,
+        "viewer_frame_size": [test.cameras.width, test.cameras.height],
         "samples_per_ray": queried,
         "shaded_samples_per_ray": shaded,
         "max_samples": model.render_settings().max_samples,
@@ -95,12 +101,13 @@ def main() -> None:
     add_doc_row(
         "fern (LLFF, images_8) with samples per ray",
         "| date | machine | command | iters | PSNR | SSIM | LPIPS-alex | train s | render rays/s | samples / shaded "
-        "per ray | occupied | peak MB | grid |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "per ray | viewer frame | occupied | peak MB | grid |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| {time.strftime('%Y-%m-%d')} | {torch.get_num_threads()}-thread CPU | `{path.name}`: `{command()}` | "
         f"{result.iters} | {metrics['psnr']:.2f} | {metrics['ssim']:.4f} | "
         f"{metrics.get('lpips_alex', float('nan')):.4f} | {result.seconds:.0f} | "
         f"{metrics['render_rays_per_s']:,.0f} | {queried:.0f} / {shaded:.1f} | "
+        f"{test.cameras.width}x{test.cameras.height} in {viewer_frame_s:.1f} s | "
         f"{summary['occupied_fraction']:.0%} | {peak_rss_mb():.0f} | {'x'.join(map(str, result.field.grid_size))} |",
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "per_view"}, indent=2))

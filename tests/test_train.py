@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from vqrf.checkpoint import load_model
-from vqrf.config import TrainConfig, demo_preset, get_preset
+from vqrf.config import Preset, TrainConfig, demo_preset, get_preset
 from vqrf.data import load_scene
 from vqrf.data.synthetic import make_demo_scene
 from vqrf.evaluate import evaluate
@@ -122,6 +122,17 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(lego_dir, tmp_
         assert torch.equal(resumed[name], uninterrupted[name]), name
     again = subprocess.run(command(out), capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_llff_cpu_is_the_llff_recipe_at_cpu_scale():
+    llff, cpu = get_preset("llff"), get_preset("llff-cpu")
+    assert cpu.field == dataclasses.replace(llff.field, bf16_mlp=True)
+    assert cpu.downscale == 8.0 and cpu.train.ndc_depth_steps and not llff.train.ndc_depth_steps
+    t = cpu.train
+    assert (t.tv_density, t.tv_app, t.l1_init, t.lr_grid) == (llff.train.tv_density, llff.train.tv_app,
+                                                             llff.train.l1_init, llff.train.lr_grid)
+    assert max(t.alpha_mask_at) > max(t.upsample_at)  # a mask taken on the final grid
+    assert Preset.from_dict(cpu.to_dict()) == cpu  # files carry it through the strict header check
 
 
 @pytest.mark.parametrize("name", ["syn", "nsvf", "tt", "llff", "cpu"])

