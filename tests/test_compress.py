@@ -69,6 +69,22 @@ def test_splat_is_the_gradient_of_bilinear_lookup():
     torch.testing.assert_close(target, ones.grad[0, 0])
 
 
+@pytest.mark.parametrize("shape", [(37, 53), (1, 9), (9, 1), (2, 2)])
+def test_splat_kernel_matches_the_pytorch_reference(shape, monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    n = 20000
+    u, v = (torch.rand(n, generator=g, dtype=torch.float64) * 2.4 - 1.2 for _ in range(2))  # some past the border
+    u[:5] = torch.tensor([-1.0, 1.0, 0.0, 1.0, -1.0], dtype=torch.float64)  # exactly on the border
+    weights = torch.rand(n, generator=g, dtype=torch.float64)
+    fast = torch.full(shape, 0.5, dtype=torch.float64)  # adds to what is there
+    splat_bilinear(fast, u, v, weights)
+    monkeypatch.setenv("VQRF_KERNELS", "torch")
+    reference = torch.full(shape, 0.5, dtype=torch.float64)
+    splat_bilinear(reference, u, v, weights)
+    torch.testing.assert_close(fast, reference, rtol=1e-12, atol=1e-9)
+    assert abs(float(fast.sum()) - 0.5 * fast.numel() - float(weights.sum())) < 1e-6  # every weight lands once
+
+
 def splat_by_hand(target: np.ndarray, u: np.ndarray, v: np.ndarray, weights: np.ndarray) -> None:
     """Add each weight to the 4 texels of ``target`` [H, W] around (u along W, v along H), coords in [-1, 1]
     clamped to the border, align_corners=True; a corner past the last texel has coefficient 0 and is skipped."""
