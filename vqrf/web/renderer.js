@@ -242,7 +242,14 @@ float density(vec3 tc) {
 vec3 shade(vec3 tc, vec3 dir) {
   vec4 prod[${appGroups.length}];
   ${appGroups.map((e, j) => `prod[${j}] = ${e};`).join('\n  ')}
-  vec4 feat[${fg}];${net.code(basis, 'prod', 'feat', false)}
+  vec4 feat[${fg}];${net.code(basis, 'prod', 'feat', false)}${mlpShade(net, l0, l1, l2, inputs)}
+}`;
+  return { textures, uniforms, code };
+}
+
+/** GLSL ending shade(): the colour MLP's three layers on the `inputs` assignments of x[], from the view direction. */
+function mlpShade(net, l0, l1, l2, inputs) {
+  return `
   vec4 dirs[1];
   dirs[0] = vec4(dir, 0.0);
   vec4 x[${l0.inGroups}];
@@ -250,9 +257,7 @@ vec3 shade(vec3 tc, vec3 dir) {
   vec4 h1[${l0.outGroups}];${net.code(l0, 'x', 'h1', true)}
   vec4 h2[${l1.outGroups}];${net.code(l1, 'h1', 'h2', true)}
   vec4 rgb[1];${net.code(l2, 'h2', 'rgb', false)}
-  return sigmoid(rgb[0].xyz);
-}`;
-  return { textures, uniforms, code };
+  return sigmoid(rgb[0].xyz);`;
 }
 
 /** DVGO: density and k0 3D textures, the optional rgbnet, and the GLSL of density() and shade(). */
@@ -282,15 +287,7 @@ function dvgoProgram(gl, f, grid, floatLinear, net) {
     const inputs = [];
     for (let g = 0; g < kg; g++) inputs.push(`x[${g}] = k0[${g}];`);
     inputs.push(`x[${kg}] = vec4(dir, 0.0);`, ...encodingCode('x', 'dirs', 1, f.viewPe, kg + 1));
-    shadeBody = `
-  vec4 dirs[1];
-  dirs[0] = vec4(dir, 0.0);
-  vec4 x[${l0.inGroups}];
-  ${inputs.join('\n  ')}
-  vec4 h1[${l0.outGroups}];${net.code(l0, 'x', 'h1', true)}
-  vec4 h2[${l1.outGroups}];${net.code(l1, 'h1', 'h2', true)}
-  vec4 rgb[1];${net.code(l2, 'h2', 'rgb', false)}
-  return sigmoid(rgb[0].xyz);`;
+    shadeBody = mlpShade(net, l0, l1, l2, inputs);
   } else {
     shadeBody = '\n  return sigmoid(k0[0].xyz);';
   }
